@@ -1,0 +1,68 @@
+"""Concrete fixes for a cause, drawn from the field's folk wisdom (``../shared/seeds``) and fitted to the
+evidence: the named samples, parameter, hyperparameter and the run's own grad-norm history."""
+
+from __future__ import annotations
+
+from nanscope.report.model import Cause, History
+
+__all__ = ["suggestions_for"]
+
+
+def _clip_hint(history: History) -> str:
+    norms = sorted(v for v in history.grad_norm if v is not None and v == v and v != float("inf"))
+    if len(norms) >= 5:
+        typical = norms[len(norms) // 2]
+        return f"torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={2 * typical:.3g}) (2x the median grad norm seen, {typical:.3g})"
+    return "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)"
+
+
+def suggestions_for(cause: Cause, history: History) -> tuple[str, ...]:
+    kind = cause.kind
+    if kind == "nonfinite_input":
+        who = f"dataset samples {list(cause.samples)[:20]}" if cause.samples else "the offending batch rows"
+        return (
+            f"Repair or drop {who}: they contain NaN/Inf before the model sees them (dirty data, a transform that "
+            "divides by a zero std or takes log of 0, a failed decode).",
+            "Scan the whole dataset once before training: `torch.isfinite(x).all()` on every sample's inputs and "
+            "targets, and fix the transform that produced the bad values.",
+            "Normalize inputs (subtract the mean, divide by the std plus a small eps) so no feature is out of range.",
+        )
+    if kind == "nonfinite_parameters":
+        name = cause.parameter or "the named weights"
+        return (
+            f"`{name}` was non-finite before training touched it: reload an earlier, clean checkpoint.",
+            "After loading a checkpoint, check it: "
+            "`bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]`.",
+            "If the checkpoint was saved from a run that had already diverged, save only after a finite check.",
+        )
+    if kind == "invalid_hyperparameter":
+        key = cause.hyperparameter or "the hyperparameter"
+        last = history.last("lr")
+        after = f" (last finite value {last:.4g})" if last is not None and key == "lr" else ""
+        return (
+            f"Fix the schedule that set `{key}` to a non-finite value{after}: check the LR lambda / policy for "
+            "0-divisions and powers of negative numbers (e.g. a `poly` policy without `max_iter`).",
+            "Guard the schedule: clamp it, e.g. `lr = max(min_lr, min(max_lr, lr))`, and assert it is finite.",
+        )
+    if kind == "optimizer_update":
+        tips = []
+        if any(ev.data.get("eps") == 0 for ev in cause.evidence):
+            tips.append("Set the optimizer's `eps` > 0 (the default 1e-8): with eps=0, Adam divides 0 by 0 where a "
+                        "weight has received only zero gradients.")
+        tips.append(f"Lower the learning rate by 10x and clip gradients: {_clip_hint(history)}.")
+        tips.append("Check custom optimizer code and its state for divisions without an eps.")
+        return tuple(tips)
+    # undetermined, and kinds the localizer adds later
+    tips = [
+        "Lower the learning rate by 10x or add warm-up; gradient explosion is the most common cause.",
+        f"Clip gradients: {_clip_hint(history)}.",
+    ]
+    if cause.phase in ("forward", "loss"):
+        tips.append("Look for log/div/sqrt/exp on values that can reach 0 or grow large: use log_softmax or "
+                    "logsumexp instead of log(softmax), BCEWithLogitsLoss instead of sigmoid + BCELoss, "
+                    "clamp_min(eps) before log/sqrt and an eps in every denominator.")
+    else:
+        tips.append("Look for ops whose derivative is infinite at the value seen: sqrt at 0 (norms/std of a constant "
+                    "input), acos/asin at +/-1, pow with an exponent < 1 at 0; add an eps inside them.")
+    tips.append("If training in float16, switch to bfloat16 or use torch.amp.GradScaler.")
+    return tuple(tips)

@@ -1,0 +1,166 @@
+"""From what the watcher measured at a failing step to a diagnosis: where, which kind, which samples.
+
+:func:`diagnose` is pure: the watcher collects an :class:`Observation` (only measurements) and this module
+turns it into a :class:`Diagnosis`. Kinds that need op-level evidence (overflow, domain_error,
+singular_gradient, gradient_explosion) are never guessed here: without that evidence the kind is
+``undetermined`` and the summary says what is known.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from nanscope.detect.advice import suggestions_for
+from nanscope.detect.scan import BadHyperparameter, BatchScan
+from nanscope.report.model import Cause, Evidence, FirstNonFinite, History, Phase, Where
+
+__all__ = ["Diagnosis", "Observation", "diagnose"]
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What the watcher measured about one failing iteration.
+
+    ``trigger`` is the always-on check that tripped and ``trigger_names`` what it found bad. The other fields
+    come from exact checks run after the trigger: hyperparameters, weights and buffers *before* the step,
+    the iteration's batches, whether the model's output was finite, and optimizer facts.
+    """
+
+    step: int
+    trigger: Where
+    trigger_names: tuple[str, ...]
+    history: History
+    hyperparameters: tuple[BadHyperparameter, ...] = ()
+    parameters_before: tuple[str, ...] = ()
+    batches: tuple[BatchScan, ...] = ()
+    batches_tracked: bool = False
+    model_output_finite: bool | None = None
+    optimizer_notes: tuple[Evidence, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnosis:
+    first: FirstNonFinite
+    cause: Cause
+    suggestions: tuple[str, ...]
+
+
+def _growth(history: History, window: int = 10) -> Evidence | None:
+    norms = [v for v in history.grad_norm[-window:] if v is not None and math.isfinite(v) and v > 0]
+    if len(norms) < 3:
+        return None
+    per_step = (norms[-1] / norms[0]) ** (1 / (len(norms) - 1))
+    return Evidence(
+        "grad-norm trend",
+        f"global grad norm went {norms[0]:.3g} -> {norms[-1]:.3g} over the last {len(norms)} steps "
+        f"(x{per_step:.3g} per step)",
+        {"first": norms[0], "last": norms[-1], "steps": len(norms), "factor_per_step": per_step},
+    )
+
+
+def _input_cause(obs: Observation, bad: list[BatchScan]) -> tuple[FirstNonFinite, Cause]:
+    paths = tuple(dict.fromkeys(t.path for scan in bad for t in scan.tensors))
+    known = all(scan.samples is not None for scan in bad if scan.rows)
+    samples = tuple(sorted({s for scan in bad for s in (scan.samples or ())})) if known else None
+    evidence = []
+    for scan in bad:
+        for t in scan.tensors:
+            rows = "whole tensor" if t.rows is None else f"rows {list(t.rows[:20])}"
+            evidence.append(
+                Evidence(
+                    "non-finite input",
+                    f"{t.path} from {scan.source}: {t.nan} NaN, {t.inf} Inf ({rows})",
+                    {"path": t.path, "source": scan.source, "nan": t.nan, "inf": t.inf, "rows": t.rows},
+                )
+            )
+    where_rows = ", ".join(str(r) for r in sorted({r for scan in bad for r in scan.rows})[:20])
+    if samples:
+        who = f"dataset samples {', '.join(map(str, samples[:20]))}"
+    elif where_rows:
+        who = f"batch rows {where_rows} (dataset indices unknown: the batch did not come from a tracked DataLoader)"
+    else:
+        who = "tensors without a batch dimension"
+    summary = f"the batch of step {obs.step} already holds NaN/Inf in {', '.join(paths)}: {who}"
+    cause = Cause(kind="nonfinite_input", phase="data", summary=summary, samples=samples, evidence=tuple(evidence))
+    return FirstNonFinite(obs.step, "inputs", paths), cause
+
+
+def diagnose(obs: Observation) -> Diagnosis:
+    """Turn one failing iteration's measurements into a diagnosis (pure; no tensors are touched)."""
+    first: FirstNonFinite
+    cause: Cause
+    growth = _growth(obs.history)
+    bad_inputs = [scan for scan in obs.batches if not scan.clean]
+    if obs.hyperparameters:
+        hp = obs.hyperparameters[0]
+        names = tuple(h.name for h in obs.hyperparameters)
+        last_lr = obs.history.last("lr")
+        detail = f"last finite lr {last_lr:.4g}" if last_lr is not None else "no finite lr seen before"
+        cause = Cause(
+            kind="invalid_hyperparameter",
+            phase="schedule",
+            summary=f"{hp.name} is {hp.value} at step {obs.step}; every update scales by it, so all weights "
+            "it touches would turn non-finite",
+            hyperparameter=hp.key,
+            evidence=tuple(
+                Evidence("hyperparameter", f"{h.name} = {h.value}", {"group": h.group, "key": h.key})
+                for h in obs.hyperparameters
+            )
+            + (Evidence("schedule", detail, {"last_finite_lr": last_lr}),),
+        )
+        first = FirstNonFinite(obs.step, "hyperparameters", names)
+    elif obs.parameters_before:
+        names = obs.parameters_before
+        cause = Cause(
+            kind="nonfinite_parameters",
+            phase="forward",
+            summary=f"{len(names)} weight/buffer tensor(s) were already non-finite before step {obs.step} "
+            f"({', '.join(names[:5])}): they were loaded or modified that way, not produced by this step",
+            parameter=names[0],
+            evidence=(Evidence("non-finite before the step", ", ".join(names[:50]), {"names": list(names)}),),
+        )
+        first = FirstNonFinite(obs.step, "parameters", names)
+    elif bad_inputs and obs.trigger in ("loss", "gradients"):
+        first, cause = _input_cause(obs, bad_inputs)
+    elif obs.trigger == "parameters":
+        names = obs.trigger_names
+        cause = Cause(
+            kind="optimizer_update",
+            phase="optimizer",
+            summary=f"gradients, hyperparameters and weights were finite, but optimizer.step() at step {obs.step} "
+            f"wrote NaN/Inf into {', '.join(names[:5])}",
+            parameter=names[0] if names else None,
+            evidence=obs.optimizer_notes,
+        )
+        first = FirstNonFinite(obs.step, "parameters", names)
+    else:
+        evidence: list[Evidence] = []
+        if obs.batches_tracked:
+            evidence.append(Evidence("inputs", "every tensor of this iteration's batch is finite"))
+        evidence.append(Evidence("weights", "every weight and buffer was finite before the step"))
+        if obs.trigger == "loss":
+            phase: Phase = "loss" if obs.model_output_finite else "forward"
+            if obs.model_output_finite is None:
+                where_text = "in the forward pass or the loss"
+            elif obs.model_output_finite:
+                where_text = "in the loss computation (the model's output was finite)"
+                evidence.append(Evidence("model output", "finite"))
+            else:
+                where_text = "inside the model's forward pass (its output is already non-finite)"
+                evidence.append(Evidence("model output", "non-finite"))
+            summary = (
+                f"the loss became non-finite at step {obs.step} {where_text}, from finite inputs and weights; "
+                "the op that produced it is not localized yet"
+            )
+        else:
+            phase = "backward"
+            summary = (
+                f"the loss was finite at step {obs.step} but backward produced NaN/Inf gradients in "
+                f"{', '.join(obs.trigger_names[:5])}; the op that produced them is not localized yet"
+            )
+        if growth is not None:
+            evidence.append(growth)
+        cause = Cause(kind="undetermined", phase=phase, summary=summary, evidence=tuple(evidence))
+        first = FirstNonFinite(obs.step, obs.trigger, obs.trigger_names)
+    return Diagnosis(first=first, cause=cause, suggestions=suggestions_for(cause, obs.history))

@@ -1,0 +1,116 @@
+"""The ``nanscope.report/1`` JSON form of a :class:`~nanscope.report.model.Report`.
+
+JSON has no NaN or Infinity, so non-finite numbers are written as the strings ``"nan"``, ``"inf"`` and
+``"-inf"`` (and read back as floats). Fields are only ever added, never renamed; see ``docs/report.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from nanscope.report.model import (
+    Cause,
+    Detection,
+    Evidence,
+    FirstNonFinite,
+    History,
+    Report,
+)
+
+__all__ = ["dumps", "loads", "to_dict", "write"]
+
+_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def to_dict(report: Report) -> dict[str, Any]:
+    """The report as plain JSON-ready data, ``schema`` first."""
+    data = _plain(report)
+    return {"schema": data.pop("schema"), **data}
+
+
+def dumps(report: Report) -> str:
+    return json.dumps(to_dict(report), indent=2, allow_nan=False) + "\n"
+
+
+def write(report: Report, path: str | os.PathLike[str]) -> Path:
+    """Write atomically (temporary file + rename): a crash never leaves half a report behind."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(dumps(report))
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    return _NONFINITE[value] if isinstance(value, str) else float(value)
+
+
+def loads(text: str) -> Report:
+    """Parse a ``nanscope.report/1`` document back into a :class:`Report`; unknown fields are ignored."""
+    data = json.loads(text)
+    if data.get("schema") != "nanscope.report/1":
+        raise ValueError(f"not a nanscope.report/1 document (schema={data.get('schema')!r})")
+    first = data.get("first_nonfinite")
+    cause = data.get("cause")
+    hist = data.get("history") or {}
+    return Report(
+        verdict=data["verdict"],
+        first_nonfinite=None
+        if first is None
+        else FirstNonFinite(step=first["step"], where=first["where"], names=tuple(first["names"])),
+        cause=None
+        if cause is None
+        else Cause(
+            kind=cause["kind"],
+            phase=cause["phase"],
+            summary=cause["summary"],
+            module=cause.get("module"),
+            op=cause.get("op"),
+            parameter=cause.get("parameter"),
+            hyperparameter=cause.get("hyperparameter"),
+            samples=None if cause.get("samples") is None else tuple(cause["samples"]),
+            evidence=tuple(Evidence(e["label"], e["detail"], e.get("data", {})) for e in cause.get("evidence", [])),
+        ),
+        suggestions=tuple(data.get("suggestions", ())),
+        history=History(
+            step=tuple(hist.get("step", ())),
+            loss=tuple(_number(v) for v in hist.get("loss", ())),
+            grad_norm=tuple(_number(v) for v in hist.get("grad_norm", ())),
+            lr=tuple(_number(v) for v in hist.get("lr", ())),
+            dropped=hist.get("dropped", 0),
+        ),
+        environment=data.get("environment", {}),
+        policy=data.get("policy", "stop"),
+        steps=data.get("steps", 0),
+        detections=tuple(Detection(d["step"], d["where"]) for d in data.get("detections", ())),
+        detections_dropped=data.get("detections_dropped", 0),
+    )

@@ -1,0 +1,141 @@
+"""The report as data: frozen values that the text, JSON and HTML renderers read.
+
+A :class:`Report` is what nanscope knows at the end of a watched run, or at the moment it stopped one. It is
+built from measurements only; a field that nanscope could not measure is ``None`` and the ``cause.summary``
+says so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+SCHEMA = "nanscope.report/1"
+
+Where = Literal["loss", "gradients", "parameters", "hyperparameters", "inputs", "optimizer_state"]
+Phase = Literal["data", "forward", "loss", "backward", "optimizer", "schedule"]
+
+#: Cause kinds, in the vocabulary of ``docs/report.md``. ``undetermined`` is the honest answer where the
+#: evidence measured so far does not single out one of the others.
+KINDS = (
+    "nonfinite_input",
+    "nonfinite_parameters",
+    "invalid_hyperparameter",
+    "optimizer_update",
+    "gradient_explosion",
+    "overflow",
+    "domain_error",
+    "singular_gradient",
+    "undetermined",
+)
+WHERES = ("loss", "gradients", "parameters", "hyperparameters", "inputs", "optimizer_state")
+PHASES = ("data", "forward", "loss", "backward", "optimizer", "schedule")
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """One measured fact behind a diagnosis, e.g. "batch[0] rows 3, 7 hold NaN"."""
+
+    label: str
+    detail: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class FirstNonFinite:
+    """Where the first non-finite value was seen.
+
+    ``step`` is the 0-based training iteration: the number of ``optimizer.step()`` calls completed before it.
+    """
+
+    step: int
+    where: Where
+    names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.where not in WHERES:
+            raise ValueError(f"where={self.where!r}; expected one of {', '.join(WHERES)}")
+
+
+@dataclass(frozen=True, slots=True)
+class Cause:
+    """Why it happened, as far as the evidence goes."""
+
+    kind: str
+    phase: Phase
+    summary: str
+    module: str | None = None
+    op: str | None = None
+    parameter: str | None = None
+    hyperparameter: str | None = None
+    samples: tuple[int, ...] | None = None
+    evidence: tuple[Evidence, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind={self.kind!r}; expected one of {', '.join(KINDS)}")
+        if self.phase not in PHASES:
+            raise ValueError(f"phase={self.phase!r}; expected one of {', '.join(PHASES)}")
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """The last steps of the run (bounded): one entry per completed iteration, aligned by position.
+
+    ``loss`` is the mean of the finite-or-not scalar losses handed to ``backward()`` in that iteration (``None``
+    where no scalar loss was seen); ``grad_norm`` is the global L2 norm of all gradients before the step;
+    ``lr`` the learning rate of the first param group of the first optimizer.
+    """
+
+    step: tuple[int, ...] = ()
+    loss: tuple[float | None, ...] = ()
+    grad_norm: tuple[float | None, ...] = ()
+    lr: tuple[float | None, ...] = ()
+    dropped: int = 0
+
+    def last(self, name: str) -> float | None:
+        values: tuple[float | None, ...] = getattr(self, name)
+        for value in reversed(values):
+            if value is not None and math.isfinite(value):
+                return value
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    """A later non-finite event under a policy that kept training (``warn``)."""
+
+    step: int
+    where: Where
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """Everything nanscope concluded about one watched run."""
+
+    verdict: Literal["healthy", "nonfinite"]
+    first_nonfinite: FirstNonFinite | None
+    cause: Cause | None
+    suggestions: tuple[str, ...]
+    history: History
+    environment: Mapping[str, Any]
+    policy: str = "stop"
+    steps: int = 0
+    detections: tuple[Detection, ...] = ()
+    detections_dropped: int = 0
+    schema: str = SCHEMA
+
+    def __post_init__(self) -> None:
+        if (self.verdict == "healthy") != (self.first_nonfinite is None):
+            raise ValueError("a healthy report has no first_nonfinite; a nonfinite one must have it")
+
+    def headline(self) -> str:
+        """One line for an exception message or a log."""
+        if self.first_nonfinite is None:
+            return f"healthy: {self.steps} steps watched, no NaN/Inf"
+        first = self.first_nonfinite
+        kind = f" ({self.cause.kind})" if self.cause else ""
+        summary = f": {self.cause.summary}" if self.cause else ""
+        return f"non-finite {first.where} at step {first.step}{kind}{summary}"

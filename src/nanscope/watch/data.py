@@ -1,0 +1,68 @@
+"""Which dataset indices make up each batch a DataLoader yields (any sampler, any ``num_workers``).
+
+The sampler runs in the main process even with worker processes: ``_next_index()`` draws a batch of indices
+and (with workers) sends it as task ``_send_idx``. Batches come back through ``__next__``; with workers the
+task that was just consumed is the one that left ``_task_info``. Both work for ``in_order=False`` too.
+Records live in a weak dictionary keyed by the iterator, so nothing is attached to user objects.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from nanscope.errors import InternalErrorWarning
+
+__all__ = ["patched_next", "patched_next_index"]
+
+_MISSING = object()
+_records: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictionary()
+
+
+def patched_next_index(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    @functools.wraps(original)
+    def _next_index(it: Any) -> Any:
+        index = original(it)
+        try:
+            record = _records.get(it)
+            if record is None:
+                record = _records[it] = {}
+            record[getattr(it, "_send_idx", "last")] = index
+        except Exception as exc:  # never break the user's data loading
+            warnings.warn(f"nanscope could not record batch indices: {exc!r}", InternalErrorWarning, stacklevel=2)
+        return index
+
+    return _next_index
+
+
+def _source(it: Any) -> str:
+    dataset = getattr(it, "_dataset", None)
+    return f"DataLoader({type(dataset).__name__})"
+
+
+def patched_next(original: Callable[[Any], Any], sink: Callable[[Any, Any, str], None]) -> Callable[[Any], Any]:
+    @functools.wraps(original)
+    def __next__(it: Any) -> Any:
+        task_info = getattr(it, "_task_info", None)
+        before = set(task_info) if task_info is not None else None
+        batch = original(it)
+        try:
+            record = _records.get(it, {})
+            if before is not None:
+                gone = sorted(before - set(it._task_info))
+                indices = _MISSING
+                for task in gone:
+                    found = record.pop(task, _MISSING)
+                    if indices is _MISSING:
+                        indices = found
+            else:
+                indices = record.pop("last", _MISSING)
+            sink(batch, None if indices is _MISSING else indices, _source(it))
+        except Exception as exc:
+            warnings.warn(f"nanscope could not track a batch: {exc!r}", InternalErrorWarning, stacklevel=2)
+        return batch
+
+    return __next__

@@ -1,0 +1,569 @@
+"""The watcher: attaches to a training run, checks every step cheaply, diagnoses on a trigger, acts per policy.
+
+The hot path per optimizer step is two fused norm passes (gradients before the step, weights and buffers
+after it), one ``isfinite`` per loss handed to ``backward()``, and a walk over the param groups' numbers. All
+device values go through :class:`~nanscope.watch.reader.DeviceReader`, so CUDA runs are not synchronized per
+step. Only after something non-finite is seen does the watcher run exact element-wise checks and build an
+:class:`~nanscope.detect.diagnose.Observation` for the pure :func:`~nanscope.detect.diagnose.diagnose`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+import weakref
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from nanscope.detect.diagnose import Diagnosis, Observation, diagnose
+from nanscope.detect.scan import BadHyperparameter, nonfinite_hyperparameters, nonfinite_names, scan_batch
+from nanscope.errors import InternalErrorWarning, NonFiniteError, NonFiniteWarning, UsageError
+from nanscope.recover.policy import Action, Policy, make_policy
+from nanscope.report import json as report_json
+from nanscope.report.model import Detection, Evidence, History, Report, Where
+from nanscope.watch import patches
+from nanscope.watch.discovery import Naming, find_roots, normalize_models
+from nanscope.watch.environment import environment
+from nanscope.watch.probes import fused_norms
+from nanscope.watch.reader import DeviceReader
+
+__all__ = ["Watcher", "watch"]
+
+_MAX_BATCHES = 8
+_MAX_DETECTIONS = 100
+
+
+@dataclass(eq=False)
+class _Iteration:
+    """What one training iteration saw; released once its values are read."""
+
+    step: int
+    losses: list[float] = field(default_factory=list)
+    grad_sq: float | None = None
+    lr: float | None = None
+    batches: list[tuple[Any, Any, str]] = field(default_factory=list)
+    outputs: list[Any] = field(default_factory=list)
+    pending: int = 0
+    done: bool = False
+
+    def release(self) -> None:
+        if self.done and self.pending == 0:
+            self.batches, self.outputs = [], []
+
+
+@dataclass(eq=False)
+class _Tracked:
+    optimizer: weakref.ref[torch.optim.Optimizer]
+    index: int
+    steps: int = 0
+    checked: bool = False
+    bad_before: tuple[str, ...] = ()
+
+
+def _optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
+    if optimizer is None:
+        return []
+    items = [optimizer] if isinstance(optimizer, torch.optim.Optimizer) else list(optimizer)
+    wrong = [type(o).__name__ for o in items if not isinstance(o, torch.optim.Optimizer)]
+    if wrong:
+        raise UsageError(
+            f"optimizer must be a torch.optim.Optimizer or a list of them; got {', '.join(wrong)}. "
+            "Pass the optimizer(s) you call .step() on."
+        )
+    return items
+
+
+class Watcher:
+    """Watches one training run. Use :func:`nanscope.watch` to make one.
+
+    Lifecycle: open (hooks attached) -> closed (everything detached, final report built). ``close()`` is
+    idempotent; using a closed watcher's hooks does nothing.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | Sequence[nn.Module] | Mapping[str, nn.Module] | None = None,
+        optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
+        *,
+        policy: str | Policy = "stop",
+        history: int = 2048,
+        report_path: str | None = None,
+        track_data: bool = True,
+        eager: bool = False,
+    ) -> None:
+        problems = []
+        try:
+            self._policy = make_policy(policy)
+        except UsageError as exc:
+            problems.append(str(exc))
+        try:
+            optimizers = _optimizers(optimizer)
+        except UsageError as exc:
+            problems.append(str(exc))
+            optimizers = []
+        if isinstance(history, bool) or not isinstance(history, int) or history < 1:
+            problems.append(f"history must be a positive int (steps kept); got {history!r}")
+        models = {}
+        try:
+            models = normalize_models(model)
+            bad = [k for k, m in models.items() if not isinstance(m, nn.Module)]
+            if bad:
+                problems.append("model must be an nn.Module, a list of them or a dict name -> nn.Module")
+        except TypeError:
+            problems.append(f"model must be an nn.Module, a list of them or a dict; got {type(model).__name__}")
+        if problems:
+            raise UsageError("nanscope.watch(): " + "; ".join(problems))
+        self._discover = optimizer is None
+        self._track_data = track_data
+        self._report_path = report_path
+        self._reader = DeviceReader(eager=eager)
+        self._naming = Naming()
+        self._naming.set_models(models)
+        self._tracked: dict[int, _Tracked] = {}
+        self._hooked_roots: set[int] = set()
+        self._handles: list[RemovableHandle] = []
+        self._history: deque[_Iteration] = deque(maxlen=history)
+        self._dropped = 0
+        self._it = _Iteration(step=0)
+        self._diagnosis: Diagnosis | None = None
+        self._detections: list[Detection] = []
+        self._detections_dropped = 0
+        self._stopped = False
+        self._broken = False
+        self._closed = False
+        self._final: Report | None = None
+        self._buffers: list[tuple[str, torch.Tensor]] | None = None
+        patches.activate(self)
+        try:
+            self._hook_roots(models.values())
+            for opt in optimizers:
+                self._track(opt)
+            if self._discover:
+                from torch.optim.optimizer import (
+                    register_optimizer_step_post_hook,
+                    register_optimizer_step_pre_hook,
+                )
+
+                self._handles.append(register_optimizer_step_pre_hook(self._global_pre))
+                self._handles.append(register_optimizer_step_post_hook(self._global_post))
+        except BaseException:
+            self._detach()
+            raise
+
+    # ---------------------------------------------------------------- lifecycle
+    def __enter__(self) -> Watcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def stopped(self) -> bool:
+        """True once the ``stop`` policy raised :class:`NonFiniteError` (even if the script caught it)."""
+        return self._stopped
+
+    def close(self) -> Report:
+        """Detach everything, read any pending device values, and return the final report."""
+        if self._final is not None:
+            return self._final
+        try:
+            if not self._broken:
+                self._guard(self._reader.flush)
+        finally:
+            self._detach()
+            self._closed = True
+            self._final = self.report()
+            self._it = _Iteration(step=self._it.step)
+            if self._report_path:
+                report_json.write(self._final, self._report_path)
+        return self._final
+
+    def _detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        patches.deactivate(self)
+
+    # ---------------------------------------------------------------- public helpers
+    def observe_batch(self, batch: Any, indices: Sequence[int] | None = None, source: str = "batch") -> None:
+        """Tell the watcher about a batch that did not come from a DataLoader (custom loops).
+
+        ``indices`` are the dataset indices of the batch rows, so a report can name the culprit samples.
+        """
+        self._on_batch(batch, indices, source, explicit=True)
+
+    @property
+    def step(self) -> int:
+        """Index of the current iteration: ``optimizer.step()`` calls completed (the minimum over optimizers)."""
+        return self._step()
+
+    def report(self) -> Report:
+        """The report as of now (healthy so far, or the diagnosis of the first non-finite value)."""
+        entries = list(self._history)
+        if self._it.losses or self._it.grad_sq is not None:
+            entries.append(self._it)
+        diag = self._diagnosis
+        return Report(
+            verdict="healthy" if diag is None else "nonfinite",
+            first_nonfinite=None if diag is None else diag.first,
+            cause=None if diag is None else diag.cause,
+            suggestions=() if diag is None else diag.suggestions,
+            history=History(
+                step=tuple(e.step for e in entries),
+                loss=tuple(sum(e.losses) / len(e.losses) if e.losses else None for e in entries),
+                grad_norm=tuple(None if e.grad_sq is None else math.sqrt(e.grad_sq) for e in entries),
+                lr=tuple(e.lr for e in entries),
+                dropped=self._dropped,
+            ),
+            environment=environment(self._naming.models.values()),
+            policy=self._policy.name,
+            steps=self._step(),
+            detections=tuple(self._detections),
+            detections_dropped=self._detections_dropped,
+        )
+
+    # ---------------------------------------------------------------- plumbing
+    def _guard(self, fn: Callable[..., None], *args: Any) -> None:
+        if self._broken or self._closed:
+            return
+        try:
+            fn(*args)
+        except NonFiniteError:
+            raise
+        except Exception as exc:  # an internal failure must never kill training
+            self._broken = True
+            warnings.warn(
+                f"nanscope stopped watching after an internal error ({exc!r}); training continues unwatched. "
+                "Please report this with the traceback from NANSCOPE_DEBUG=1.",
+                InternalErrorWarning,
+                stacklevel=3,
+            )
+
+    def _step(self) -> int:
+        counts = [t.steps for t in self._tracked.values() if t.optimizer() is not None]
+        return min(counts) if counts else 0
+
+    def _track(self, opt: torch.optim.Optimizer) -> _Tracked:
+        tracked = self._tracked.get(id(opt))
+        if tracked is not None and tracked.optimizer() is opt:
+            return tracked
+        tracked = _Tracked(optimizer=weakref.ref(opt), index=len(self._tracked))
+        self._tracked[id(opt)] = tracked
+        if not self._discover:
+            self._handles.append(opt.register_step_pre_hook(self._pre_hook))
+            self._handles.append(opt.register_step_post_hook(self._post_hook))
+        if not self._naming.models or self._discover:
+            params = [p for g in opt.param_groups for p in g["params"]]
+            roots = find_roots(params)
+            if self._naming.add_found(roots):
+                self._buffers = None
+                self._hook_roots(roots)
+        return tracked
+
+    def _hook_roots(self, roots: Any) -> None:
+        for root in roots:
+            if id(root) not in self._hooked_roots:
+                self._hooked_roots.add(id(root))
+                self._handles.append(root.register_forward_hook(self._on_output))
+
+    def _params(self, opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+        return [p for g in opt.param_groups for p in g["params"]]
+
+    def _name(self, opt_index: int, params: Sequence[torch.Tensor], i: int) -> str:
+        return self._naming.param(params[i], f"optimizer[{opt_index}].params[{i}]")
+
+    # ---------------------------------------------------------------- hooks (entry points)
+    def _on_optimizer_created(self, opt: torch.optim.Optimizer) -> None:
+        if self._discover:
+            self._guard(self._track, opt)
+
+    def _global_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._pre_hook(opt, args, kwargs)
+
+    def _global_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._post_hook(opt, args, kwargs)
+
+    def _on_output(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        if not self._closed and torch.is_grad_enabled():
+            outputs = self._it.outputs
+            outputs.append(output)
+            if len(outputs) > 2:
+                del outputs[0]
+
+    def _on_batch(self, batch: Any, indices: Any, source: str, explicit: bool = False) -> None:
+        if self._closed or (not self._track_data and not explicit):
+            return
+        batches = self._it.batches
+        batches.append((batch, indices, source))
+        if len(batches) > _MAX_BATCHES:
+            del batches[0]
+
+    def _on_backward(self, tensors: Any) -> None:
+        self._guard(self._check_loss, tensors)
+
+    def _pre_hook(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._guard(self._check_before_step, opt)
+
+    def _post_hook(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._guard(self._check_after_step, opt)
+
+    # ---------------------------------------------------------------- the always-on checks
+    def _check_loss(self, tensors: Any) -> None:
+        self._reader.poll()
+        items = [tensors] if isinstance(tensors, torch.Tensor) else list(tensors)
+        it = self._it
+        for tensor in items:
+            if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+                continue
+            with torch.no_grad():
+                scalar = tensor.numel() == 1
+                value = tensor.detach().reshape(1).float() if scalar else torch.isfinite(tensor.detach()).all()
+                value = value.reshape(1).float()
+            it.pending += 1
+            self._reader.submit([value], lambda hosts, scalar=scalar: self._loss_ready(it, hosts[0], scalar))
+
+    def _loss_ready(self, it: _Iteration, host: torch.Tensor, scalar: bool) -> None:
+        it.pending -= 1
+        value = float(host[0])
+        if scalar:
+            it.losses.append(value)
+        finite = math.isfinite(value) if scalar else value == 1.0
+        if not finite:
+            self._trigger(it, "loss", ("loss",))
+        it.release()
+
+    def _check_before_step(self, opt: torch.optim.Optimizer) -> None:
+        self._reader.poll()
+        tracked = self._track(opt)
+        it = self._it
+        params = self._params(opt)
+        if not tracked.checked:  # weights loaded after watch() but before training, e.g. a checkpoint
+            tracked.checked = True
+            named = [(self._name(tracked.index, params, i), p) for i, p in enumerate(params)]
+            tracked.bad_before = tuple(nonfinite_names(named + self._all_buffers()))
+            if tracked.bad_before:
+                self._trigger(it, "parameters", tracked.bad_before, tracked=tracked)
+        if tracked.index == 0:
+            lr = opt.param_groups[0].get("lr") if opt.param_groups else None
+            it.lr = float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None
+        bad_hp = nonfinite_hyperparameters(opt.param_groups, tracked.index, host_only=True)
+        if bad_hp:
+            self._trigger(it, "hyperparameters", tuple(h.name for h in bad_hp), hyperparameters=tuple(bad_hp))
+        if getattr(opt, "found_inf", None) is not None or getattr(opt, "grad_scale", None) is not None:
+            return  # a GradScaler drives this step and skips it in-kernel if its gradients are non-finite
+        with_grad = [p for p in params if p.grad is not None]
+        if not with_grad:
+            return
+        vectors, positions = fused_norms([p.grad for p in with_grad])  # type: ignore[misc]
+        it.pending += 1
+        self._reader.submit(
+            vectors, lambda hosts: self._grads_ready(it, tracked, with_grad, positions, hosts)
+        )
+
+    def _grads_ready(
+        self,
+        it: _Iteration,
+        tracked: _Tracked,
+        params: list[torch.Tensor],
+        positions: list[list[int]],
+        hosts: list[torch.Tensor],
+    ) -> None:
+        it.pending -= 1
+        sq = sum(float(h[0]) ** 2 for h in hosts)
+        it.grad_sq = sq if it.grad_sq is None else it.grad_sq + sq
+        if not math.isfinite(sq):
+            suspects = [params[pos[j]] for h, pos in zip(hosts, positions) for j in range(len(pos))
+                        if not math.isfinite(float(h[1 + j]))]
+            names = [(self._naming.param(p, f"optimizer[{tracked.index}].grad"), p.grad) for p in suspects]
+            bad = nonfinite_names(names)
+            if bad:
+                self._trigger(it, "gradients", tuple(bad))
+        it.release()
+
+    def _all_buffers(self) -> list[tuple[str, torch.Tensor]]:
+        if self._buffers is None:
+            self._buffers = self._naming.buffers()
+        return self._buffers
+
+    def _check_after_step(self, opt: torch.optim.Optimizer) -> None:
+        tracked = self._track(opt)
+        it = self._it
+        params = self._params(opt)
+        named = [(self._name(tracked.index, params, i), p) for i, p in enumerate(params)]
+        if tracked.index == 0:
+            named += self._all_buffers()
+        vectors, positions = fused_norms([t for _, t in named])
+        it.pending += 1
+        self._reader.submit(vectors, lambda hosts: self._params_ready(it, tracked, named, positions, hosts))
+        before = self._step()
+        tracked.steps += 1
+        if self._step() > before:
+            it.done = True
+            if len(self._history) == self._history.maxlen:
+                self._dropped += 1
+            self._history.append(it)
+            self._it = _Iteration(step=self._step())
+            it.release()
+
+    def _params_ready(
+        self,
+        it: _Iteration,
+        tracked: _Tracked,
+        named: list[tuple[str, torch.Tensor]],
+        positions: list[list[int]],
+        hosts: list[torch.Tensor],
+    ) -> None:
+        it.pending -= 1
+        if not all(math.isfinite(float(h[0])) for h in hosts):
+            suspects = [named[pos[j]] for h, pos in zip(hosts, positions) for j in range(len(pos))
+                        if not math.isfinite(float(h[1 + j]))]
+            bad = nonfinite_names(suspects)
+            if bad:
+                self._trigger(it, "parameters", tuple(bad), tracked=tracked)
+        it.release()
+
+    # ---------------------------------------------------------------- trigger: diagnose and act
+    def _trigger(
+        self,
+        it: _Iteration,
+        where: Where,
+        names: tuple[str, ...],
+        *,
+        tracked: _Tracked | None = None,
+        hyperparameters: tuple[BadHyperparameter, ...] | None = None,
+    ) -> None:
+        if self._diagnosis is not None:
+            if not self._detections or self._detections[-1].step != it.step:
+                if len(self._detections) < _MAX_DETECTIONS:
+                    self._detections.append(Detection(it.step, where))
+                else:
+                    self._detections_dropped += 1
+            return
+        obs = self._observe(it, where, names, tracked, hyperparameters)
+        self._diagnosis = diagnose(obs)
+        report = self.report()
+        if self._report_path:
+            report_json.write(report, self._report_path)
+        if self._policy.decide(self._diagnosis, first=True) is Action.STOP:
+            self._stopped = True
+            raise NonFiniteError(report)
+        warnings.warn(report.headline(), NonFiniteWarning, stacklevel=4)
+
+    def _observe(
+        self,
+        it: _Iteration,
+        where: Where,
+        names: tuple[str, ...],
+        tracked: _Tracked | None,
+        hyperparameters: tuple[BadHyperparameter, ...] | None,
+    ) -> Observation:
+        hps: list[BadHyperparameter] = list(hyperparameters or ())
+        if hyperparameters is None:
+            for t in self._tracked.values():
+                opt = t.optimizer()
+                if opt is not None:
+                    hps += nonfinite_hyperparameters(opt.param_groups, t.index)
+        before: tuple[str, ...] = ()
+        if where == "parameters":
+            before = tracked.bad_before if tracked is not None and it.step == 0 else ()
+        elif it is self._it:  # the failing step has not been applied: the weights are the pre-step ones
+            named: list[tuple[str, torch.Tensor | None]] = []
+            for t in self._tracked.values():
+                opt = t.optimizer()
+                if opt is not None:
+                    params = self._params(opt)
+                    named += [(self._name(t.index, params, i), p) for i, p in enumerate(params)]
+            before = tuple(dict.fromkeys(nonfinite_names(named + list(self._all_buffers()))))
+        scans = tuple(scan_batch(b, idx, src) for b, idx, src in it.batches)
+        outputs = [t for o in it.outputs for _, t in _tensors(o)]
+        output_finite = None if not outputs else all(not nonfinite_names([("out", t)]) for t in outputs)
+        notes = self._optimizer_notes(tracked, names) if where == "parameters" and tracked is not None else ()
+        return Observation(
+            step=it.step,
+            trigger=where,
+            trigger_names=names,
+            history=self.report().history,
+            hyperparameters=tuple(hps),
+            parameters_before=before,
+            batches=scans,
+            batches_tracked=bool(it.batches),
+            model_output_finite=output_finite,
+            optimizer_notes=notes,
+        )
+
+    def _optimizer_notes(self, tracked: _Tracked, names: tuple[str, ...]) -> tuple[Evidence, ...]:
+        opt = tracked.optimizer()
+        if opt is None:
+            return ()
+        notes = []
+        wanted = set(names)
+        for g, group in enumerate(opt.param_groups):
+            hp = {k: v for k, v in group.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            for i, p in enumerate(group["params"]):
+                name = self._naming.param(p, f"optimizer[{tracked.index}].params[{i}]")
+                if name not in wanted or len(notes) >= 5:
+                    continue
+                mask = ~torch.isfinite(p.detach())
+                state_bits = []
+                for key, value in opt.state.get(p, {}).items():
+                    if isinstance(value, torch.Tensor) and value.shape == p.shape and value.is_floating_point():
+                        sel = value.detach()[mask]
+                        if sel.numel():
+                            state_bits.append(
+                                f"{key} in [{float(sel.min()):.3g}, {float(sel.max()):.3g}] "
+                                f"({int((sel == 0).sum())} zeros)"
+                            )
+                hp_text = ", ".join(f"{k}={v}" for k, v in hp.items())
+                detail = f"{name}: {int(mask.sum())} non-finite elements after the update; group {g}: {hp_text}"
+                if state_bits:
+                    detail += "; optimizer state there: " + "; ".join(state_bits)
+                notes.append(Evidence("optimizer update", detail, {"parameter": name, "group": g, **hp}))
+        return tuple(notes)
+
+
+def _tensors(obj: Any) -> list[tuple[str, torch.Tensor]]:
+    from nanscope.detect.scan import iter_tensors
+
+    return [(p, t) for p, t in iter_tensors(obj, "output") if t.is_floating_point()]
+
+
+def watch(
+    model: nn.Module | Sequence[nn.Module] | Mapping[str, nn.Module] | None,
+    optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None,
+    *,
+    policy: str | Policy = "stop",
+    history: int = 2048,
+    report_path: str | None = None,
+    track_data: bool = True,
+    eager: bool = False,
+) -> Watcher:
+    """Watch a training run; use as a context manager or call ``.close()``.
+
+    >>> with nanscope.watch(model, optimizer) as w:        # doctest: +SKIP
+    ...     for x, y in loader:
+    ...         loss = loss_fn(model(x), y); loss.backward(); optimizer.step(); optimizer.zero_grad()
+
+    ``policy``: ``"stop"`` raises :class:`nanscope.NonFiniteError` (with ``.report``) before the failing update;
+    ``"warn"`` warns once and lets training go on. ``optimizer=None`` discovers optimizers as they step.
+    ``track_data`` maps DataLoader batches to dataset indices. ``eager`` reads device flags at once (a host
+    sync per step on CUDA) instead of a few steps later. ``report_path`` writes the JSON report there.
+    """
+    return Watcher(
+        model,
+        optimizer,
+        policy=policy,
+        history=history,
+        report_path=report_path,
+        track_data=track_data,
+        eager=eager,
+    )
