@@ -52,17 +52,17 @@ def suggestions_for(cause: Cause, history: History) -> tuple[str, ...]:
         tips.append(f"Lower the learning rate by 10x and clip gradients: {_clip_hint(history)}.")
         tips.append("Check custom optimizer code and its state for divisions without an eps.")
         return tuple(tips)
-    # undetermined, and kinds the localizer adds later
-    tips = [
-        "Lower the learning rate by 10x or add warm-up; gradient explosion is the most common cause.",
-        f"Clip gradients: {_clip_hint(history)}.",
-    ]
+    # undetermined, and kinds the localizer adds later: the likely culprits of the phase first
     if cause.phase in ("forward", "loss"):
-        tips.append("Look for log/div/sqrt/exp on values that can reach 0 or grow large: use log_softmax or "
-                    "logsumexp instead of log(softmax), BCEWithLogitsLoss instead of sigmoid + BCELoss, "
-                    "clamp_min(eps) before log/sqrt and an eps in every denominator.")
+        tips = ["Look for log/div/sqrt/exp on values that can reach 0 or grow large: use log_softmax or "
+                "logsumexp instead of log(softmax), BCEWithLogitsLoss instead of sigmoid + BCELoss, "
+                "clamp_min(eps) before log/sqrt and an eps in every denominator."]
     else:
-        tips.append("Look for ops whose derivative is infinite at the value seen: sqrt at 0 (norms/std of a constant "
-                    "input), acos/asin at +/-1, pow with an exponent < 1 at 0; add an eps inside them.")
-    tips.append("If training in float16, switch to bfloat16 or use torch.amp.GradScaler.")
+        tips = ["Look for ops whose derivative is infinite at the value seen: sqrt at 0 (norms/std of a constant "
+                "input), acos/asin at +/-1, pow with an exponent < 1 at 0; add an eps inside them."]
+    tips += [
+        "If the loss or grad norm grew over the steps before, lower the learning rate by 10x or add warm-up.",
+        f"Clip gradients: {_clip_hint(history)}.",
+        "If training in float16, switch to bfloat16 or use torch.amp.GradScaler.",
+    ]
     return tuple(tips)

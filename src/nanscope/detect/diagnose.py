@@ -9,7 +9,7 @@ singular_gradient, gradient_explosion) are never guessed here: without that evid
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from nanscope.detect.advice import suggestions_for
 from nanscope.detect.scan import BadHyperparameter, BatchScan
@@ -37,6 +37,7 @@ class Observation:
     batches_tracked: bool = False
     model_output_finite: bool | None = None
     optimizer_notes: tuple[Evidence, ...] = ()
+    buffers_touched: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,11 +93,28 @@ def diagnose(obs: Observation) -> Diagnosis:
     cause: Cause
     growth = _growth(obs.history)
     bad_inputs = [scan for scan in obs.batches if not scan.clean]
+    touched = (
+        (
+            Evidence(
+                "buffers updated from the bad values",
+                f"{', '.join(obs.buffers_touched[:6])} turned non-finite during this step's forward (e.g. BatchNorm "
+                "running statistics); they were finite when it started and must be restored before training on",
+                {"names": list(obs.buffers_touched)},
+            ),
+        )
+        if obs.buffers_touched
+        else ()
+    )
     if obs.hyperparameters:
         hp = obs.hyperparameters[0]
         names = tuple(h.name for h in obs.hyperparameters)
-        last_lr = obs.history.last("lr")
-        detail = f"last finite lr {last_lr:.4g}" if last_lr is not None else "no finite lr seen before"
+        # the history's lr is optimizer 0 / group 0: only then is it the broken value's own past
+        own = hp.optimizer == 0 and hp.group == 0 and hp.key == "lr"
+        last_lr = obs.history.last("lr") if own else None
+        if own:
+            detail = f"last finite lr {last_lr:.4g}" if last_lr is not None else "no finite lr seen before"
+        else:
+            detail = f"{hp.name} was finite at every earlier step (the check runs before each step)"
         cause = Cause(
             kind="invalid_hyperparameter",
             phase="schedule",
@@ -107,7 +125,7 @@ def diagnose(obs: Observation) -> Diagnosis:
                 Evidence("hyperparameter", f"{h.name} = {h.value}", {"group": h.group, "key": h.key})
                 for h in obs.hyperparameters
             )
-            + (Evidence("schedule", detail, {"last_finite_lr": last_lr}),),
+            + (Evidence("schedule", detail, {"last_finite_lr": last_lr} if own else {}),),
         )
         first = FirstNonFinite(obs.step, "hyperparameters", names)
     elif obs.parameters_before:
@@ -123,6 +141,7 @@ def diagnose(obs: Observation) -> Diagnosis:
         first = FirstNonFinite(obs.step, "parameters", names)
     elif bad_inputs and obs.trigger in ("loss", "gradients"):
         first, cause = _input_cause(obs, bad_inputs)
+        cause = replace(cause, evidence=cause.evidence + touched)
     elif obs.trigger == "parameters":
         names = obs.trigger_names
         cause = Cause(
@@ -145,10 +164,10 @@ def diagnose(obs: Observation) -> Diagnosis:
                 where_text = "in the forward pass or the loss"
             elif obs.model_output_finite:
                 where_text = "in the loss computation (the model's output was finite)"
-                evidence.append(Evidence("model output", "finite"))
+                evidence.append(Evidence("model output", "every tensor the model returned was finite"))
             else:
                 where_text = "inside the model's forward pass (its output is already non-finite)"
-                evidence.append(Evidence("model output", "non-finite"))
+                evidence.append(Evidence("model output", "the model returned NaN/Inf"))
             summary = (
                 f"the loss became non-finite at step {obs.step} {where_text}, from finite inputs and weights; "
                 "the op that produced it is not localized yet"
@@ -161,6 +180,7 @@ def diagnose(obs: Observation) -> Diagnosis:
             )
         if growth is not None:
             evidence.append(growth)
+        evidence.extend(touched)
         cause = Cause(kind="undetermined", phase=phase, summary=summary, evidence=tuple(evidence))
         first = FirstNonFinite(obs.step, obs.trigger, obs.trigger_names)
     return Diagnosis(first=first, cause=cause, suggestions=suggestions_for(cause, obs.history))

@@ -8,6 +8,7 @@ optimizer, keeps those that own one of its parameters, and climbs to the top-mos
 from __future__ import annotations
 
 import gc
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
 import torch
@@ -34,7 +35,9 @@ def find_roots(params: Iterable[torch.Tensor]) -> list[nn.Module]:
     wanted = {id(p) for p in params}
     if not wanted:
         return []
-    modules = [o for o in gc.get_objects() if isinstance(o, nn.Module)]
+    with warnings.catch_warnings():  # isinstance() on lazy deprecated module attributes can warn
+        warnings.simplefilter("ignore")
+        modules = [o for o in gc.get_objects() if isinstance(o, nn.Module)]
     parent: dict[int, list[nn.Module]] = {}
     owners = []
     for m in modules:

@@ -51,6 +51,8 @@ class _Iteration:
     outputs: list[Any] = field(default_factory=list)
     pending: int = 0
     done: bool = False
+    forward_checked: bool = False
+    bad_buffers_at_start: tuple[str, ...] = ()
 
     def release(self) -> None:
         if self.done and self.pending == 0:
@@ -250,7 +252,8 @@ class Watcher:
             )
 
     def _step(self) -> int:
-        counts = [t.steps for t in self._tracked.values() if t.optimizer() is not None]
+        tracked = self._tracked.values()
+        counts = [t.steps for t in tracked if t.optimizer() is not None] or [t.steps for t in tracked]
         return min(counts) if counts else 0
 
     def _track(self, opt: torch.optim.Optimizer) -> _Tracked:
@@ -274,6 +277,7 @@ class Watcher:
         for root in roots:
             if id(root) not in self._hooked_roots:
                 self._hooked_roots.add(id(root))
+                self._handles.append(root.register_forward_pre_hook(self._on_forward_start))
                 self._handles.append(root.register_forward_hook(self._on_output))
 
     def _params(self, opt: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -292,6 +296,11 @@ class Watcher:
 
     def _global_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._post_hook(opt, args, kwargs)
+
+    def _on_forward_start(self, module: nn.Module, inputs: Any) -> None:
+        if not self._closed and torch.is_grad_enabled() and not self._it.forward_checked:
+            self._it.forward_checked = True
+            self._guard(self._check_buffers, self._it)
 
     def _on_output(self, module: nn.Module, inputs: Any, output: Any) -> None:
         if not self._closed and torch.is_grad_enabled():
@@ -350,7 +359,7 @@ class Watcher:
         if not tracked.checked:  # weights loaded after watch() but before training, e.g. a checkpoint
             tracked.checked = True
             named = [(self._name(tracked.index, params, i), p) for i, p in enumerate(params)]
-            tracked.bad_before = tuple(nonfinite_names(named + self._all_buffers()))
+            tracked.bad_before = tuple(nonfinite_names(named))
             if tracked.bad_before:
                 self._trigger(it, "parameters", tracked.bad_before, tracked=tracked)
         if tracked.index == 0:
@@ -382,10 +391,8 @@ class Watcher:
         sq = sum(float(h[0]) ** 2 for h in hosts)
         it.grad_sq = sq if it.grad_sq is None else it.grad_sq + sq
         if not math.isfinite(sq):
-            suspects = [params[pos[j]] for h, pos in zip(hosts, positions) for j in range(len(pos))
-                        if not math.isfinite(float(h[1 + j]))]
-            names = [(self._naming.param(p, f"optimizer[{tracked.index}].grad"), p.grad) for p in suspects]
-            bad = nonfinite_names(names)
+            named = [(self._naming.param(p, f"optimizer[{tracked.index}].grad"), p.grad) for p in params]
+            bad = self._confirm(named, positions, hosts)
             if bad:
                 self._trigger(it, "gradients", tuple(bad))
         it.release()
@@ -395,13 +402,46 @@ class Watcher:
             self._buffers = self._naming.buffers()
         return self._buffers
 
+    def _check_buffers(self, it: _Iteration) -> None:
+        """Buffers (BatchNorm statistics, ...) as they enter the iteration's first training forward."""
+        self._reader.poll()
+        named = self._all_buffers()
+        if not named:
+            return
+        vectors, positions = fused_norms([t for _, t in named])
+        it.pending += 1
+        self._reader.submit(vectors, lambda hosts: self._buffers_ready(it, named, positions, hosts))
+
+    def _buffers_ready(
+        self,
+        it: _Iteration,
+        named: list[tuple[str, torch.Tensor]],
+        positions: list[list[int]],
+        hosts: list[torch.Tensor],
+    ) -> None:
+        it.pending -= 1
+        bad = self._confirm(named, positions, hosts)
+        if bad:
+            it.bad_buffers_at_start = tuple(bad)
+            self._trigger(it, "parameters", tuple(bad))
+        it.release()
+
+    @staticmethod
+    def _confirm(
+        named: Sequence[tuple[str, torch.Tensor | None]], positions: list[list[int]], hosts: list[torch.Tensor]
+    ) -> list[str]:
+        """Names whose fused norm is non-finite and whose elements really are (norms overflow first)."""
+        if all(math.isfinite(float(h[0])) for h in hosts):
+            return []
+        suspects = [named[pos[j]] for h, pos in zip(hosts, positions) for j in range(len(pos))
+                    if not math.isfinite(float(h[1 + j]))]
+        return nonfinite_names(suspects)
+
     def _check_after_step(self, opt: torch.optim.Optimizer) -> None:
         tracked = self._track(opt)
         it = self._it
         params = self._params(opt)
         named = [(self._name(tracked.index, params, i), p) for i, p in enumerate(params)]
-        if tracked.index == 0:
-            named += self._all_buffers()
         vectors, positions = fused_norms([t for _, t in named])
         it.pending += 1
         self._reader.submit(vectors, lambda hosts: self._params_ready(it, tracked, named, positions, hosts))
@@ -424,12 +464,9 @@ class Watcher:
         hosts: list[torch.Tensor],
     ) -> None:
         it.pending -= 1
-        if not all(math.isfinite(float(h[0])) for h in hosts):
-            suspects = [named[pos[j]] for h, pos in zip(hosts, positions) for j in range(len(pos))
-                        if not math.isfinite(float(h[1 + j]))]
-            bad = nonfinite_names(suspects)
-            if bad:
-                self._trigger(it, "parameters", tuple(bad), tracked=tracked)
+        bad = self._confirm(named, positions, hosts)
+        if bad:
+            self._trigger(it, "parameters", tuple(bad), tracked=tracked)
         it.release()
 
     # ---------------------------------------------------------------- trigger: diagnose and act
@@ -473,9 +510,10 @@ class Watcher:
                 opt = t.optimizer()
                 if opt is not None:
                     hps += nonfinite_hyperparameters(opt.param_groups, t.index)
-        before: tuple[str, ...] = ()
+        before: tuple[str, ...] = it.bad_buffers_at_start
+        touched: tuple[str, ...] = ()
         if where == "parameters":
-            before = tracked.bad_before if tracked is not None and it.step == 0 else ()
+            before += tracked.bad_before if tracked is not None and it.step == 0 else ()
         elif it is self._it:  # the failing step has not been applied: the weights are the pre-step ones
             named: list[tuple[str, torch.Tensor | None]] = []
             for t in self._tracked.values():
@@ -483,7 +521,8 @@ class Watcher:
                 if opt is not None:
                     params = self._params(opt)
                     named += [(self._name(t.index, params, i), p) for i, p in enumerate(params)]
-            before = tuple(dict.fromkeys(nonfinite_names(named + list(self._all_buffers()))))
+            before = tuple(dict.fromkeys(before + tuple(nonfinite_names(named))))
+            touched = tuple(n for n in nonfinite_names(self._all_buffers()) if n not in before)
         scans = tuple(scan_batch(b, idx, src) for b, idx, src in it.batches)
         outputs = [t for o in it.outputs for _, t in _tensors(o)]
         output_finite = None if not outputs else all(not nonfinite_names([("out", t)]) for t in outputs)
@@ -499,6 +538,7 @@ class Watcher:
             batches_tracked=bool(it.batches),
             model_output_finite=output_finite,
             optimizer_notes=notes,
+            buffers_touched=touched,
         )
 
     def _optimizer_notes(self, tracked: _Tracked, names: tuple[str, ...]) -> tuple[Evidence, ...]:

@@ -1,0 +1,57 @@
+"""The ``nanscope`` command line: ``main(argv) -> exit code``, one module per subcommand.
+
+Exit codes: 0 healthy / done; 2 usage error; 3 a non-finite value was diagnosed under ``stop``;
+otherwise the watched script's own exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from nanscope.cli import demo, run
+
+__all__ = ["EXIT_NONFINITE", "EXIT_OK", "EXIT_USAGE", "entry", "main"]
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_NONFINITE = 3
+
+_COMMANDS = {"run": run, "demo": demo}
+
+
+def _parser() -> argparse.ArgumentParser:
+    from nanscope import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="nanscope",
+        description="Find out why a PyTorch training loss became NaN: watch a run, stop at the first NaN/Inf, "
+        "name the step, the tensors, the cause and the dataset samples.",
+        epilog="exit codes: 0 healthy, 2 usage error, 3 non-finite value diagnosed (policy stop), "
+        "otherwise the script's own exit code",
+    )
+    parser.add_argument("--version", action="version", version=f"nanscope {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in _COMMANDS.items():
+        module.add_parser(sub, name)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    if args_in and args_in[0] == "run":
+        return run.main(args_in[1:])
+    try:
+        args = parser.parse_args(args_in)
+    except SystemExit as exc:  # argparse: --help / --version exit 0, usage errors 2
+        return int(exc.code or 0)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    return int(_COMMANDS[args.command].execute(args))
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Every scenario of the zoo through the Python API: the report says what the scenario injected."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import FAULTY, HEALTHY, load
+from torch.utils.data import DataLoader
+
+import nanscope
+
+
+def expected_shuffled(expect: dict) -> tuple[int, list[int]]:
+    """Independent oracle for shuffled loaders: a DataLoader over range(n) with the same seed yields the indices."""
+    oracle = DataLoader(range(128), batch_size=expect["batch"], shuffle=True,
+                        generator=torch.Generator().manual_seed(expect["seed"]))
+    for step, indices in enumerate(oracle):
+        hit = sorted(set(indices.tolist()) & set(expect["dirty"]))
+        if hit:
+            return step, hit
+    raise AssertionError("no dirty sample in the first epoch")
+
+
+def check(report: nanscope.Report, expect: dict) -> None:
+    assert report.verdict == "nonfinite"
+    assert report.cause is not None and report.first_nonfinite is not None
+    assert report.cause.kind == expect["kind"]
+    assert report.cause.phase == expect["phase"]
+    assert report.first_nonfinite.where == expect["where"]
+    if "dirty" in expect:
+        step, samples = expected_shuffled(expect)
+        assert report.first_nonfinite.step == step
+        assert list(report.cause.samples) == samples
+    else:
+        assert report.first_nonfinite.step == expect["step"]
+    if "samples" in expect:
+        assert list(report.cause.samples) == expect["samples"]
+    for key in ("parameter", "hyperparameter"):
+        if key in expect:
+            assert getattr(report.cause, key) == expect[key]
+    if "names" in expect:
+        assert list(report.first_nonfinite.names) == expect["names"]
+    assert report.suggestions, "a diagnosis always comes with fixes"
+    assert report.cause.summary
+
+
+@pytest.mark.parametrize("name", FAULTY)
+def test_stop_policy_raises_with_the_right_diagnosis(name):
+    scenario = load(name)
+    model, optimizer, train = scenario.setup()
+    with pytest.raises(nanscope.NonFiniteError) as info, nanscope.watch(model, optimizer):
+        train()
+    check(info.value.report, scenario.EXPECT)
+
+
+@pytest.mark.parametrize("name", FAULTY)
+def test_stop_leaves_weights_as_before_the_failing_update(name):
+    scenario = load(name)
+    model, optimizer, train = scenario.setup()
+    models = model.values() if isinstance(model, dict) else [model]
+    with pytest.raises(nanscope.NonFiniteError) as info, nanscope.watch(model, optimizer):
+        train()
+    report = info.value.report
+    if report.cause.kind in ("nonfinite_parameters", "optimizer_update"):
+        return  # the weights themselves are the finding (before, or written by, the step)
+    for m in models:
+        for name_, p in m.named_parameters():
+            assert torch.isfinite(p).all(), f"{name_} was updated with a non-finite value"
+
+
+@pytest.mark.parametrize("name", FAULTY)
+def test_warn_policy_reports_once_and_lets_training_finish(name):
+    scenario = load(name)
+    model, optimizer, train = scenario.setup()
+    with pytest.warns(nanscope.NonFiniteWarning):
+        watcher = nanscope.watch(model, optimizer, policy="warn")
+        with watcher:
+            train()
+    report = watcher.close()
+    check(report, scenario.EXPECT)
+    assert report.policy == "warn"
+    assert report.steps > report.first_nonfinite.step, "training went on after the first NaN"
+
+
+@pytest.mark.parametrize("name", HEALTHY)
+def test_healthy_controls_come_out_healthy(name):
+    scenario = load(name)
+    model, optimizer, train = scenario.setup()
+    with nanscope.watch(model, optimizer) as watcher:
+        train()
+    report = watcher.close()
+    assert report.verdict == "healthy", report.headline()
+    assert report.cause is None and report.first_nonfinite is None
+    assert report.steps > 0
+    assert len(report.history.loss) == report.steps
+    assert all(v is not None for v in report.history.grad_norm)
