@@ -118,6 +118,18 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
         if path.is_dir() and not (path / "__main__.py").exists():
             return usage(f"{args.script} is a directory without __main__.py")
         target = os.path.abspath(path if path.is_file() else path / "__main__.py")
+    if args.module:
+        import importlib.util
+
+        sys.path.insert(0, os.getcwd())
+        try:
+            found = importlib.util.find_spec(args.module) is not None
+        except (ImportError, ValueError):
+            found = False
+        finally:
+            sys.path.pop(0)
+        if not found:
+            return usage(f"no module named {args.module!r}")
     if args.history < 1:
         return usage(f"--history must be >= 1, got {args.history}")
 
@@ -150,12 +162,6 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
     except KeyboardInterrupt:
         traceback.print_exc()
         code = 130
-    except ImportError as exc:
-        if args.module and getattr(exc, "name", None) == args.module.split(".")[0]:
-            watcher.close()
-            return usage(f"no module named {args.module!r}")
-        _print_script_error(exc, target)
-        code = 1
     except BaseException as exc:
         _print_script_error(exc, target)
         code = 1
