@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAULTY, HEALTHY, load
 from torch.utils.data import DataLoader
 
 import nanscope
+from conftest import FAULTY, HEALTHY, load
 
 
 def expected_shuffled(expect: dict) -> tuple[int, list[int]]:
     """Independent oracle for shuffled loaders: a DataLoader over range(n) with the same seed yields the indices."""
-    oracle = DataLoader(range(128), batch_size=expect["batch"], shuffle=True,
-                        generator=torch.Generator().manual_seed(expect["seed"]))
+    oracle = DataLoader(
+        range(128),
+        batch_size=expect["batch"],
+        shuffle=True,
+        generator=torch.Generator().manual_seed(expect["seed"]),
+    )
     for step, indices in enumerate(oracle):
         hit = sorted(set(indices.tolist()) & set(expect["dirty"]))
         if hit:
@@ -72,10 +76,9 @@ def test_stop_leaves_weights_as_before_the_failing_update(name):
 def test_warn_policy_reports_once_and_lets_training_finish(name):
     scenario = load(name)
     model, optimizer, train = scenario.setup()
-    with pytest.warns(nanscope.NonFiniteWarning):
-        watcher = nanscope.watch(model, optimizer, policy="warn")
-        with watcher:
-            train()
+    watcher = nanscope.watch(model, optimizer, policy="warn")
+    with pytest.warns(nanscope.NonFiniteWarning), watcher:
+        train()
     report = watcher.close()
     check(report, scenario.EXPECT)
     assert report.policy == "warn"

@@ -16,8 +16,13 @@ class Bag(nn.Module):
         return self.out(self.emb(tokens).mean(1))
 
 
-EXPECT = {"kind": "optimizer_update", "where": "parameters", "phase": "optimizer", "step": 0,
-          "parameter": "emb.weight"}
+EXPECT = {
+    "kind": "optimizer_update",
+    "where": "parameters",
+    "phase": "optimizer",
+    "step": 0,
+    "parameter": "emb.weight",
+}
 
 
 def setup():

@@ -3,8 +3,13 @@
 import torch
 from _common import loop, mlp, mse, regression_data
 
-EXPECT = {"kind": "nonfinite_parameters", "where": "parameters", "phase": "forward", "step": 0,
-          "parameter": "2.weight"}
+EXPECT = {
+    "kind": "nonfinite_parameters",
+    "where": "parameters",
+    "phase": "forward",
+    "step": 0,
+    "parameter": "2.weight",
+}
 
 
 def setup():

@@ -7,8 +7,14 @@ from _common import loop, mlp, mse, regression_data
 
 DIRTY = (37, 38, 90)
 BATCH = 16
-EXPECT = {"kind": "nonfinite_input", "where": "inputs", "phase": "data", "step": 37 // BATCH,
-          "samples": [37, 38], "names": ["batch[0]"]}
+EXPECT = {
+    "kind": "nonfinite_input",
+    "where": "inputs",
+    "phase": "data",
+    "step": 37 // BATCH,
+    "samples": [37, 38],
+    "names": ["batch[0]"],
+}
 
 
 def setup():

@@ -7,8 +7,14 @@ from _common import loop, mlp, mse, regression_data
 DIRTY = (5, 61, 100, 127)
 BATCH = 8
 SEED = 123
-EXPECT = {"kind": "nonfinite_input", "where": "inputs", "phase": "data", "dirty": DIRTY, "batch": BATCH,
-          "seed": SEED}
+EXPECT = {
+    "kind": "nonfinite_input",
+    "where": "inputs",
+    "phase": "data",
+    "dirty": DIRTY,
+    "batch": BATCH,
+    "seed": SEED,
+}
 
 
 def setup():
@@ -16,8 +22,13 @@ def setup():
     x[list(DIRTY)] = float("inf")
     model = mlp()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True, num_workers=2,
-                        generator=torch.Generator().manual_seed(SEED))
+    loader = DataLoader(
+        TensorDataset(x, y),
+        batch_size=BATCH,
+        shuffle=True,
+        num_workers=2,
+        generator=torch.Generator().manual_seed(SEED),
+    )
     return model, optimizer, loop(model, optimizer, lambda: loader, mse)
 
 

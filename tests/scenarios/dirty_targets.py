@@ -6,8 +6,14 @@ from _common import loop, mlp, mse, regression_data
 
 DIRTY = (70, 75)
 BATCH = 32
-EXPECT = {"kind": "nonfinite_input", "where": "inputs", "phase": "data", "step": 70 // BATCH,
-          "samples": [70, 75], "names": ["batch[1]"]}
+EXPECT = {
+    "kind": "nonfinite_input",
+    "where": "inputs",
+    "phase": "data",
+    "step": 70 // BATCH,
+    "samples": [70, 75],
+    "names": ["batch[1]"],
+}
 
 
 def setup():

@@ -6,8 +6,14 @@ from _common import loop, mlp, mse, regression_data
 
 FLAT = (9, 44)
 BATCH = 4
-EXPECT = {"kind": "nonfinite_input", "where": "inputs", "phase": "data", "step": 9 // BATCH, "samples": [9],
-          "names": ["batch[0]"]}
+EXPECT = {
+    "kind": "nonfinite_input",
+    "where": "inputs",
+    "phase": "data",
+    "step": 9 // BATCH,
+    "samples": [9],
+    "names": ["batch[0]"],
+}
 
 
 class Standardized(Dataset):

@@ -4,8 +4,14 @@ import torch
 from torch import nn
 
 BREAK_AT = 4
-EXPECT = {"kind": "invalid_hyperparameter", "where": "hyperparameters", "phase": "schedule", "step": BREAK_AT,
-          "hyperparameter": "lr", "names": ["optimizer[1].param_groups[0].lr"]}
+EXPECT = {
+    "kind": "invalid_hyperparameter",
+    "where": "hyperparameters",
+    "phase": "schedule",
+    "step": BREAK_AT,
+    "hyperparameter": "lr",
+    "names": ["optimizer[1].param_groups[0].lr"],
+}
 
 
 class Generator(nn.Module):
@@ -41,7 +47,9 @@ def setup():
             for i in range(0, 64, 16):
                 z = torch.randn(16, 4, generator=g)
                 fake = gen(z)
-                d_loss = bce(disc(real[i : i + 16]), torch.ones(16, 1)) + bce(disc(fake.detach()), torch.zeros(16, 1))
+                d_loss = bce(disc(real[i : i + 16]), torch.ones(16, 1)) + bce(
+                    disc(fake.detach()), torch.zeros(16, 1)
+                )
                 opt_d.zero_grad()
                 d_loss.backward()
                 opt_d.step()

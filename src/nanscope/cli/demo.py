@@ -13,8 +13,12 @@ __all__ = ["add_parser", "execute"]
 
 
 def add_parser(sub: Any, name: str) -> None:
-    parser = sub.add_parser(name, help="run the built-in demo job that blows up on dirty data, and diagnose it")
-    parser.add_argument("--json", metavar="PATH", default="nanscope-report.json", help="report path (%(default)s)")
+    parser = sub.add_parser(
+        name, help="run the built-in demo job that blows up on dirty data, and diagnose it"
+    )
+    parser.add_argument(
+        "--json", metavar="PATH", default="nanscope-report.json", help="report path (%(default)s)"
+    )
     parser.add_argument("--policy", default="stop", choices=["stop", "warn"])
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0)")
     parser.add_argument("--dead", type=int, default=6, help="flat recordings in the dataset (6)")

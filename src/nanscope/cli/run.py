@@ -35,7 +35,9 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument("--history", type=int, default=2048, metavar="N", help="steps of history kept (2048)")
     parser.add_argument("--eager", action="store_true", help="on CUDA, read checks at once (syncs each step)")
-    parser.add_argument("--no-data", action="store_true", help="do not map DataLoader batches to dataset indices")
+    parser.add_argument(
+        "--no-data", action="store_true", help="do not map DataLoader batches to dataset indices"
+    )
     parser.add_argument("--quiet", action="store_true", help="print no report on stderr")
     parser.add_argument("-m", dest="module", metavar="MODULE", help="run a module, as python -m does")
     parser.add_argument("script", nargs="?", help="the training script (then its arguments)")
@@ -53,8 +55,9 @@ def add_parser(sub: Any, name: str) -> None:
     )
 
 
-def _split(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+def _split(args: Sequence[str]) -> tuple[list[str], list[str]]:
     """Our options, then the target and its arguments (which are never parsed by nanscope)."""
+    argv = list(args)
     ours: list[str] = []
     i = 0
     while i < len(argv):
@@ -109,7 +112,9 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
     if args.module and args.script:
         args.args = [args.script, *args.args]
     if not args.module and not args.script:
-        return usage("give a script to run (nanscope run train.py [args]) or a module (nanscope run -m pkg.mod)")
+        return usage(
+            "give a script to run (nanscope run train.py [args]) or a module (nanscope run -m pkg.mod)"
+        )
     target: str | None = None
     if args.script:
         path = Path(args.script)
@@ -137,7 +142,12 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
     code = 0
     try:
         watcher = Watcher(
-            None, None, policy=args.policy, history=args.history, track_data=not args.no_data, eager=args.eager
+            None,
+            None,
+            policy=args.policy,
+            history=args.history,
+            track_data=not args.no_data,
+            eager=args.eager,
         )
     except UsageError as exc:
         return usage(str(exc))
@@ -149,7 +159,9 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
         else:
             assert target is not None
             sys.argv = [args.script, *args.args]
-            sys.path[0] = os.path.dirname(target) if os.path.isfile(args.script) else os.path.abspath(args.script)
+            sys.path[0] = (
+                os.path.dirname(target) if os.path.isfile(args.script) else os.path.abspath(args.script)
+            )
             runpy.run_path(args.script, run_name="__main__")
     except NonFiniteError:
         code = EXIT_NONFINITE

@@ -20,14 +20,18 @@ from torch.utils.data import DataLoader, Dataset
 class Recordings(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """``n`` recordings of ``length`` samples in ``classes`` frequency bands; ``dead`` of them flat."""
 
-    def __init__(self, n: int = 4096, length: int = 64, classes: int = 4, dead: int = 6, seed: int = 0) -> None:
+    def __init__(
+        self, n: int = 4096, length: int = 64, classes: int = 4, dead: int = 6, seed: int = 0
+    ) -> None:
         g = torch.Generator().manual_seed(seed)
         self.labels = torch.randint(0, classes, (n,), generator=g)
         t = torch.arange(length, dtype=torch.float32)
         freq = (1.0 + self.labels.float() * 2.0 + torch.rand(n, generator=g) * 0.5).unsqueeze(1)
         phase = torch.rand(n, 1, generator=g) * 2 * math.pi
         gain = 0.5 + 2 * torch.rand(n, 1, generator=g)
-        self.raw = gain * torch.sin(2 * math.pi * freq * t / length + phase) + 0.3 * torch.randn(n, length, generator=g)
+        self.raw = gain * torch.sin(2 * math.pi * freq * t / length + phase) + 0.3 * torch.randn(
+            n, length, generator=g
+        )
         self.dead = sorted(torch.randperm(n, generator=g)[:dead].tolist())
         self.raw[self.dead] = 0.0  # a disconnected sensor: zeros all along
 
@@ -44,8 +48,14 @@ class FrequencyNet(nn.Module):
     def __init__(self, classes: int = 4) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv1d(1, 16, 5, padding=2), nn.BatchNorm1d(16), nn.ReLU(), nn.MaxPool1d(2),
-            nn.Conv1d(16, 32, 5, padding=2), nn.BatchNorm1d(32), nn.ReLU(), nn.AdaptiveAvgPool1d(8),
+            nn.Conv1d(1, 16, 5, padding=2),
+            nn.BatchNorm1d(16),
+            nn.ReLU(),
+            nn.MaxPool1d(2),
+            nn.Conv1d(16, 32, 5, padding=2),
+            nn.BatchNorm1d(32),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool1d(8),
         )
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 8, 64), nn.ReLU(), nn.Linear(64, classes))
 

@@ -47,19 +47,25 @@ def suggestions_for(cause: Cause, history: History) -> tuple[str, ...]:
     if kind == "optimizer_update":
         tips = []
         if any(ev.data.get("eps") == 0 for ev in cause.evidence):
-            tips.append("Set the optimizer's `eps` > 0 (the default 1e-8): with eps=0, Adam divides 0 by 0 where a "
-                        "weight has received only zero gradients.")
+            tips.append(
+                "Set the optimizer's `eps` > 0 (the default 1e-8): with eps=0, Adam divides 0 by 0 where a "
+                "weight has received only zero gradients."
+            )
         tips.append(f"Lower the learning rate by 10x and clip gradients: {_clip_hint(history)}.")
         tips.append("Check custom optimizer code and its state for divisions without an eps.")
         return tuple(tips)
     # undetermined, and kinds the localizer adds later: the likely culprits of the phase first
     if cause.phase in ("forward", "loss"):
-        tips = ["Look for log/div/sqrt/exp on values that can reach 0 or grow large: use log_softmax or "
-                "logsumexp instead of log(softmax), BCEWithLogitsLoss instead of sigmoid + BCELoss, "
-                "clamp_min(eps) before log/sqrt and an eps in every denominator."]
+        tips = [
+            "Look for log/div/sqrt/exp on values that can reach 0 or grow large: use log_softmax or "
+            "logsumexp instead of log(softmax), BCEWithLogitsLoss instead of sigmoid + BCELoss, "
+            "clamp_min(eps) before log/sqrt and an eps in every denominator."
+        ]
     else:
-        tips = ["Look for ops whose derivative is infinite at the value seen: sqrt at 0 (norms/std of a constant "
-                "input), acos/asin at +/-1, pow with an exponent < 1 at 0; add an eps inside them."]
+        tips = [
+            "Look for ops whose derivative is infinite at the value seen: sqrt at 0 (norms/std of a constant "
+            "input), acos/asin at +/-1, pow with an exponent < 1 at 0; add an eps inside them."
+        ]
     tips += [
         "If the loss or grad norm grew over the steps before, lower the learning rate by 10x or add warm-up.",
         f"Clip gradients: {_clip_hint(history)}.",

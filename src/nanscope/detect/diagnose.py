@@ -64,6 +64,7 @@ def _input_cause(obs: Observation, bad: list[BatchScan]) -> tuple[FirstNonFinite
     paths = tuple(dict.fromkeys(t.path for scan in bad for t in scan.tensors))
     known = all(scan.samples is not None for scan in bad if scan.rows)
     samples = tuple(sorted({s for scan in bad for s in (scan.samples or ())})) if known else None
+    samples = samples or None
     evidence = []
     for scan in bad:
         for t in scan.tensors:
@@ -72,7 +73,13 @@ def _input_cause(obs: Observation, bad: list[BatchScan]) -> tuple[FirstNonFinite
                 Evidence(
                     "non-finite input",
                     f"{t.path} from {scan.source}: {t.nan} NaN, {t.inf} Inf ({rows})",
-                    {"path": t.path, "source": scan.source, "nan": t.nan, "inf": t.inf, "rows": t.rows},
+                    {
+                        "path": t.path,
+                        "source": scan.source,
+                        "nan": t.nan,
+                        "inf": t.inf,
+                        "rows": None if t.rows is None else list(t.rows),
+                    },
                 )
             )
     where_rows = ", ".join(str(r) for r in sorted({r for scan in bad for r in scan.rows})[:20])
@@ -83,7 +90,9 @@ def _input_cause(obs: Observation, bad: list[BatchScan]) -> tuple[FirstNonFinite
     else:
         who = "tensors without a batch dimension"
     summary = f"the batch of step {obs.step} already holds NaN/Inf in {', '.join(paths)}: {who}"
-    cause = Cause(kind="nonfinite_input", phase="data", summary=summary, samples=samples, evidence=tuple(evidence))
+    cause = Cause(
+        kind="nonfinite_input", phase="data", summary=summary, samples=samples, evidence=tuple(evidence)
+    )
     return FirstNonFinite(obs.step, "inputs", paths), cause
 
 

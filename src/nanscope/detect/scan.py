@@ -84,6 +84,7 @@ def _flat_indices(indices: Any) -> list[int] | None:
 def scan_batch(batch: Any, indices: Any = None, source: str = "batch") -> BatchScan:
     """Find the rows of ``batch`` that hold NaN/Inf and map them to dataset ``indices`` (position → index)."""
     index_list = _flat_indices(indices)
+    single = isinstance(indices, int) or (isinstance(indices, torch.Tensor) and indices.dim() == 0)
     tensors = [(p, t) for p, t in iter_tensors(batch) if t.is_floating_point() or t.is_complex()]
     batch_len = len(index_list) if index_list is not None else None
     if batch_len is None:
@@ -99,7 +100,10 @@ def scan_batch(batch: Any, indices: Any = None, source: str = "batch") -> BatchS
         nan = int(torch.isnan(det).sum())
         inf = int(torch.isinf(det).sum())
         rows: tuple[int, ...] | None = None
-        if det.dim() >= 1 and batch_len is not None and det.shape[0] == batch_len:
+        if single:  # an unbatched loader (batch_size=None): the whole "batch" is one sample
+            rows = (0,)
+            bad_rows.add(0)
+        elif det.dim() >= 1 and batch_len is not None and det.shape[0] == batch_len:
             row_ok = finite.reshape(det.shape[0], -1).all(dim=1)
             rows = tuple(int(r) for r in torch.nonzero(~row_ok).reshape(-1).tolist())
             bad_rows.update(rows)

@@ -74,6 +74,16 @@ def _number(value: Any) -> float | None:
     return _NONFINITE[value] if isinstance(value, str) else float(value)
 
 
+def _restore(value: Any) -> Any:
+    if isinstance(value, str) and value in _NONFINITE:
+        return _NONFINITE[value]
+    if isinstance(value, dict):
+        return {k: _restore(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_restore(v) for v in value]
+    return value
+
+
 def loads(text: str) -> Report:
     """Parse a ``nanscope.report/1`` document back into a :class:`Report`; unknown fields are ignored."""
     data = json.loads(text)
@@ -98,7 +108,10 @@ def loads(text: str) -> Report:
             parameter=cause.get("parameter"),
             hyperparameter=cause.get("hyperparameter"),
             samples=None if cause.get("samples") is None else tuple(cause["samples"]),
-            evidence=tuple(Evidence(e["label"], e["detail"], e.get("data", {})) for e in cause.get("evidence", [])),
+            evidence=tuple(
+                Evidence(e["label"], e["detail"], _restore(e.get("data", {})))
+                for e in cause.get("evidence", [])
+            ),
         ),
         suggestions=tuple(data.get("suggestions", ())),
         history=History(

@@ -27,7 +27,9 @@ def _lines(report: Report) -> list[tuple[str, str]]:
         out.append(("bold green", f"healthy - {report.steps} steps watched, no NaN/Inf seen"))
     else:
         out.append(("bold red", f"non-finite {first.where} at step {first.step}"))
-        shown = ", ".join(first.names[:8]) + (f" (+{len(first.names) - 8} more)" if len(first.names) > 8 else "")
+        shown = ", ".join(first.names[:8]) + (
+            f" (+{len(first.names) - 8} more)" if len(first.names) > 8 else ""
+        )
         out.append(("", f"  in: {shown}"))
     if cause is not None:
         out.append(("bold", f"cause: {cause.kind}  (phase: {cause.phase})"))
@@ -48,7 +50,9 @@ def _lines(report: Report) -> list[tuple[str, str]]:
             out.append(("dim", f"  - {ev.label}: {ev.detail}"))
     if report.detections:
         steps = ", ".join(str(d.step) for d in report.detections[:10])
-        out.append(("yellow", f"non-finite again at steps {steps} (policy {report.policy}: training went on)"))
+        out.append(
+            ("yellow", f"non-finite again at steps {steps} (policy {report.policy}: training went on)")
+        )
     hist = report.history
     if hist.step:
         out.append(

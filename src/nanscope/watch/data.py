@@ -32,7 +32,9 @@ def patched_next_index(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
                 record = _records[it] = {}
             record[getattr(it, "_send_idx", "last")] = index
         except Exception as exc:  # never break the user's data loading
-            warnings.warn(f"nanscope could not record batch indices: {exc!r}", InternalErrorWarning, stacklevel=2)
+            warnings.warn(
+                f"nanscope could not record batch indices: {exc!r}", InternalErrorWarning, stacklevel=2
+            )
         return index
 
     return _next_index
@@ -43,7 +45,9 @@ def _source(it: Any) -> str:
     return f"DataLoader({type(dataset).__name__})"
 
 
-def patched_next(original: Callable[[Any], Any], sink: Callable[[Any, Any, str], None]) -> Callable[[Any], Any]:
+def patched_next(
+    original: Callable[[Any], Any], sink: Callable[[Any, Any, str], None]
+) -> Callable[[Any], Any]:
     @functools.wraps(original)
     def __next__(it: Any) -> Any:
         task_info = getattr(it, "_task_info", None)

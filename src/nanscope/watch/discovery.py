@@ -63,7 +63,9 @@ def find_roots(params: Iterable[torch.Tensor]) -> list[nn.Module]:
     return list(unwrapped.values())
 
 
-def normalize_models(model: nn.Module | Sequence[nn.Module] | Mapping[str, nn.Module] | None) -> dict[str, nn.Module]:
+def normalize_models(
+    model: nn.Module | Sequence[nn.Module] | Mapping[str, nn.Module] | None,
+) -> dict[str, nn.Module]:
     """``{prefix: module}``; a single model gets the empty prefix so names match its ``named_parameters()``."""
     if model is None:
         return {}

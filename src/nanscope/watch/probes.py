@@ -39,8 +39,8 @@ def fused_norms(tensors: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], li
         covered.extend(positions)
     vectors, positions_out = [], []
     for parts, covered in by_device.values():
-        norms = parts[0] if len(parts) == 1 else torch.cat(parts)
-        total = torch.linalg.vector_norm(norms).reshape(1)
-        vectors.append(torch.cat([total, norms]))
+        flat = parts[0] if len(parts) == 1 else torch.cat(parts)
+        total = torch.linalg.vector_norm(flat).reshape(1)
+        vectors.append(torch.cat([total, flat]))
         positions_out.append(covered)
     return vectors, positions_out

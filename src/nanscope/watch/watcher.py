@@ -9,6 +9,7 @@ step. Only after something non-finite is seen does the watcher run exact element
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 import weakref
@@ -52,6 +53,8 @@ class _Iteration:
     pending: int = 0
     done: bool = False
     forward_checked: bool = False
+    inf_loss: bool = False  # an infinite (not NaN) loss, judged at the step: a GradScaler may own it
+    scaler_step: bool | None = None  # None until a step starts; True when a GradScaler drives it
     bad_buffers_at_start: tuple[str, ...] = ()
 
     def release(self) -> None:
@@ -118,7 +121,9 @@ class Watcher:
             if bad:
                 problems.append("model must be an nn.Module, a list of them or a dict name -> nn.Module")
         except TypeError:
-            problems.append(f"model must be an nn.Module, a list of them or a dict; got {type(model).__name__}")
+            problems.append(
+                f"model must be an nn.Module, a list of them or a dict; got {type(model).__name__}"
+            )
         if problems:
             raise UsageError("nanscope.watch(): " + "; ".join(problems))
         self._discover = optimizer is None
@@ -289,7 +294,10 @@ class Watcher:
     # ---------------------------------------------------------------- hooks (entry points)
     def _on_optimizer_created(self, opt: torch.optim.Optimizer) -> None:
         if self._discover:
-            self._guard(self._track, opt)
+            self._guard(self._discover_optimizer, opt)
+
+    def _discover_optimizer(self, opt: torch.optim.Optimizer) -> None:
+        self._track(opt)
 
     def _global_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._pre_hook(opt, args, kwargs)
@@ -334,20 +342,24 @@ class Watcher:
         for tensor in items:
             if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
                 continue
+            scalar = tensor.numel() == 1
             with torch.no_grad():
-                scalar = tensor.numel() == 1
-                value = tensor.detach().reshape(1).float() if scalar else torch.isfinite(tensor.detach()).all()
+                value = tensor.detach() if scalar else torch.isfinite(tensor.detach()).all()
                 value = value.reshape(1).float()
             it.pending += 1
-            self._reader.submit([value], lambda hosts, scalar=scalar: self._loss_ready(it, hosts[0], scalar))
+            self._reader.submit([value], functools.partial(self._loss_ready, it, scalar=scalar))
 
-    def _loss_ready(self, it: _Iteration, host: torch.Tensor, scalar: bool) -> None:
+    def _loss_ready(self, it: _Iteration, hosts: list[torch.Tensor], scalar: bool) -> None:
         it.pending -= 1
-        value = float(host[0])
+        value = float(hosts[0][0])
         if scalar:
             it.losses.append(value)
-        finite = math.isfinite(value) if scalar else value == 1.0
-        if not finite:
+        if scalar and math.isinf(value):
+            # GradScaler's scaled loss overflows by design and the scaler skips that step: judge at the step
+            it.inf_loss = True
+            if it.scaler_step is False:
+                self._trigger(it, "loss", ("loss",))
+        elif not (math.isfinite(value) if scalar else value == 1.0):
             self._trigger(it, "loss", ("loss",))
         it.release()
 
@@ -368,8 +380,12 @@ class Watcher:
         bad_hp = nonfinite_hyperparameters(opt.param_groups, tracked.index, host_only=True)
         if bad_hp:
             self._trigger(it, "hyperparameters", tuple(h.name for h in bad_hp), hyperparameters=tuple(bad_hp))
-        if getattr(opt, "found_inf", None) is not None or getattr(opt, "grad_scale", None) is not None:
+        scaled = getattr(opt, "found_inf", None) is not None or getattr(opt, "grad_scale", None) is not None
+        it.scaler_step = scaled
+        if scaled:
             return  # a GradScaler drives this step and skips it in-kernel if its gradients are non-finite
+        if it.inf_loss:
+            self._trigger(it, "loss", ("loss",))
         with_grad = [p for p in params if p.grad is not None]
         if not with_grad:
             return
@@ -428,13 +444,19 @@ class Watcher:
 
     @staticmethod
     def _confirm(
-        named: Sequence[tuple[str, torch.Tensor | None]], positions: list[list[int]], hosts: list[torch.Tensor]
+        named: Sequence[tuple[str, torch.Tensor | None]],
+        positions: list[list[int]],
+        hosts: list[torch.Tensor],
     ) -> list[str]:
         """Names whose fused norm is non-finite and whose elements really are (norms overflow first)."""
         if all(math.isfinite(float(h[0])) for h in hosts):
             return []
-        suspects = [named[pos[j]] for h, pos in zip(hosts, positions) for j in range(len(pos))
-                    if not math.isfinite(float(h[1 + j]))]
+        suspects = [
+            named[pos[j]]
+            for h, pos in zip(hosts, positions, strict=False)
+            for j in range(len(pos))
+            if not math.isfinite(float(h[1 + j]))
+        ]
         return nonfinite_names(suspects)
 
     def _check_after_step(self, opt: torch.optim.Optimizer) -> None:
@@ -480,7 +502,8 @@ class Watcher:
         hyperparameters: tuple[BadHyperparameter, ...] | None = None,
     ) -> None:
         if self._diagnosis is not None:
-            if not self._detections or self._detections[-1].step != it.step:
+            seen = (self._diagnosis.first.step, *(d.step for d in self._detections[-1:]))
+            if it.step not in seen:
                 if len(self._detections) < _MAX_DETECTIONS:
                     self._detections.append(Detection(it.step, where))
                 else:
@@ -545,7 +568,7 @@ class Watcher:
         opt = tracked.optimizer()
         if opt is None:
             return ()
-        notes = []
+        notes: list[Evidence] = []
         wanted = set(names)
         for g, group in enumerate(opt.param_groups):
             hp = {k: v for k, v in group.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -556,7 +579,11 @@ class Watcher:
                 mask = ~torch.isfinite(p.detach())
                 state_bits = []
                 for key, value in opt.state.get(p, {}).items():
-                    if isinstance(value, torch.Tensor) and value.shape == p.shape and value.is_floating_point():
+                    if (
+                        isinstance(value, torch.Tensor)
+                        and value.shape == p.shape
+                        and value.is_floating_point()
+                    ):
                         sel = value.detach()[mask]
                         if sel.numel():
                             state_bits.append(
@@ -564,7 +591,9 @@ class Watcher:
                                 f"({int((sel == 0).sum())} zeros)"
                             )
                 hp_text = ", ".join(f"{k}={v}" for k, v in hp.items())
-                detail = f"{name}: {int(mask.sum())} non-finite elements after the update; group {g}: {hp_text}"
+                detail = (
+                    f"{name}: {int(mask.sum())} non-finite elements after the update; group {g}: {hp_text}"
+                )
                 if state_bits:
                     detail += "; optimizer state there: " + "; ".join(state_bits)
                 notes.append(Evidence("optimizer update", detail, {"parameter": name, "group": g, **hp}))
