@@ -23,7 +23,7 @@ def load(name: str) -> ModuleType:
 
 @pytest.fixture(autouse=True)
 def _no_leftover_patches():
-    from nanscope.watch import patches
+    from nanscope.watching import patches
 
     yield
     assert patches.installed() == [], "a test left nanscope patches installed"

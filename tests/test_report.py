@@ -105,10 +105,12 @@ def test_evidence_data_survives_json():
 
 def test_public_api_is_exactly_all():
     import nanscope.cli.run  # noqa: F401  (importing every layer must not shadow the public names)
-    import nanscope.watch.patches  # noqa: F401
+    import nanscope.watching.probes as probes  # a dotted import through the package works
 
-    packages = {"cli", "demo", "detect", "errors", "recover", "report"}
+    assert probes.__name__ == "nanscope.watching.probes"
+
+    packages = {"cli", "demo", "detect", "errors", "recover", "report", "watching"}
     public = {n for n in dir(nanscope) if not n.startswith("_")} - packages
     assert sorted(nanscope.__all__) == nanscope.__all__
     assert public | {"__version__"} == set(nanscope.__all__)
-    assert callable(nanscope.watch) and nanscope.watch.__module__ == "nanscope.watch.watcher"
+    assert callable(nanscope.watch) and nanscope.watch.__module__ == "nanscope.watching.watcher"

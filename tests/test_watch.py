@@ -14,7 +14,7 @@ from torch.utils.data import dataloader as dl
 
 import nanscope
 from conftest import load
-from nanscope.watch import watcher as watcher_module
+from nanscope.watching import watcher as watcher_module
 
 ORIGINALS = {
     "backward": torch.autograd.backward,
@@ -89,7 +89,7 @@ def test_an_internal_error_only_warns_and_training_goes_on(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("simulated nanscope bug")
 
-    monkeypatch.setattr(watcher_module, "fused_norms", broken)
+    monkeypatch.setattr(watcher_module, "grad_sq_norm", broken)
     plain_state, _ = train_and_capture("healthy_mlp", watched=False)
     model, optimizer, train = load("healthy_mlp").setup()
     with (

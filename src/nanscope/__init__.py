@@ -19,7 +19,7 @@ from nanscope.report.model import Cause, Evidence, FirstNonFinite, History, Repo
 
 __version__ = "0.1.0"
 
-from nanscope.watch.watcher import Watcher, watch  # noqa: E402  (needs __version__ for reports)
+from nanscope.watching.watcher import Watcher, watch  # noqa: E402  (needs __version__ for reports)
 
 __all__ = [
     "Cause",

@@ -101,7 +101,7 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
     from nanscope.cli import EXIT_NONFINITE, EXIT_USAGE
     from nanscope.report.json import write
     from nanscope.report.text import print_report
-    from nanscope.watch.watcher import Watcher
+    from nanscope.watching.watcher import Watcher
 
     def usage(message: str) -> int:
         if parser is not None:

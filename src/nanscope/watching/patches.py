@@ -2,7 +2,7 @@
 
 * ``torch.autograd.backward``: sees every tensor handed to ``backward()`` (``Tensor.backward`` calls it).
 * ``_BaseDataLoaderIter._next_index`` / ``__next__``: learns the dataset indices of every batch
-  (:mod:`nanscope.watch.data`).
+  (:mod:`nanscope.watching.data`).
 * ``torch.optim.Optimizer.__init__``: in zero-code mode, learns of every optimizer the moment it exists.
 
 Each patch is a thin dispatcher to the open watchers; :func:`installed` tells a test what is in place.
@@ -19,10 +19,10 @@ import torch
 import torch.autograd
 from torch.utils.data import dataloader as _dl
 
-from nanscope.watch import data as _data
+from nanscope.watching import data as _data
 
 if TYPE_CHECKING:
-    from nanscope.watch.watcher import Watcher
+    from nanscope.watching.watcher import Watcher
 
 __all__ = ["activate", "active", "deactivate", "installed"]
 

@@ -2,7 +2,7 @@
 
 The hot path per optimizer step is two fused norm passes (gradients before the step, weights and buffers
 after it), one ``isfinite`` per loss handed to ``backward()``, and a walk over the param groups' numbers. All
-device values go through :class:`~nanscope.watch.reader.DeviceReader`, so CUDA runs are not synchronized per
+device values go through :class:`~nanscope.watching.reader.DeviceReader`, so CUDA runs are not synchronized per
 step. Only after something non-finite is seen does the watcher run exact element-wise checks and build an
 :class:`~nanscope.detect.diagnose.Observation` for the pure :func:`~nanscope.detect.diagnose.diagnose`.
 """
@@ -28,11 +28,11 @@ from nanscope.errors import InternalErrorWarning, NonFiniteError, NonFiniteWarni
 from nanscope.recover.policy import Action, Policy, make_policy
 from nanscope.report import json as report_json
 from nanscope.report.model import Detection, Evidence, History, Report, Where
-from nanscope.watch import patches
-from nanscope.watch.discovery import Naming, find_roots, normalize_models
-from nanscope.watch.environment import environment
-from nanscope.watch.probes import fused_norms
-from nanscope.watch.reader import DeviceReader
+from nanscope.watching import patches
+from nanscope.watching.discovery import Naming, find_roots, normalize_models
+from nanscope.watching.environment import environment
+from nanscope.watching.probes import Reading, finite_probe, grad_sq_norm
+from nanscope.watching.reader import DeviceReader
 
 __all__ = ["Watcher", "watch"]
 
@@ -389,10 +389,11 @@ class Watcher:
         with_grad = [p for p in params if p.grad is not None]
         if not with_grad:
             return
-        vectors, positions = fused_norms([p.grad for p in with_grad])  # type: ignore[misc]
+        readings = grad_sq_norm([p.grad for p in with_grad])  # type: ignore[misc]
         it.pending += 1
         self._reader.submit(
-            vectors, lambda hosts: self._grads_ready(it, tracked, with_grad, positions, hosts)
+            [r.vector for r in readings],
+            functools.partial(self._grads_ready, it, tracked, with_grad, readings),
         )
 
     def _grads_ready(
@@ -400,15 +401,19 @@ class Watcher:
         it: _Iteration,
         tracked: _Tracked,
         params: list[torch.Tensor],
-        positions: list[list[int]],
+        readings: list[Reading],
         hosts: list[torch.Tensor],
     ) -> None:
         it.pending -= 1
-        sq = sum(float(h[0]) ** 2 for h in hosts)
+        sq = sum(float(h[0]) for h in hosts)
         it.grad_sq = sq if it.grad_sq is None else it.grad_sq + sq
         if not math.isfinite(sq):
-            named = [(self._naming.param(p, f"optimizer[{tracked.index}].grad"), p.grad) for p in params]
-            bad = self._confirm(named, positions, hosts)
+            bad = self._confirm(
+                [p.grad for p in params],
+                lambda i: self._naming.param(params[i], f"optimizer[{tracked.index}].params[{i}]"),
+                readings,
+                hosts,
+            )
             if bad:
                 self._trigger(it, "gradients", tuple(bad))
         it.release()
@@ -424,19 +429,21 @@ class Watcher:
         named = self._all_buffers()
         if not named:
             return
-        vectors, positions = fused_norms([t for _, t in named])
+        readings = finite_probe([t for _, t in named])
         it.pending += 1
-        self._reader.submit(vectors, lambda hosts: self._buffers_ready(it, named, positions, hosts))
+        self._reader.submit(
+            [r.vector for r in readings], functools.partial(self._buffers_ready, it, named, readings)
+        )
 
     def _buffers_ready(
         self,
         it: _Iteration,
         named: list[tuple[str, torch.Tensor]],
-        positions: list[list[int]],
+        readings: list[Reading],
         hosts: list[torch.Tensor],
     ) -> None:
         it.pending -= 1
-        bad = self._confirm(named, positions, hosts)
+        bad = self._confirm([t for _, t in named], lambda i: named[i][0], readings, hosts)
         if bad:
             it.bad_buffers_at_start = tuple(bad)
             self._trigger(it, "parameters", tuple(bad))
@@ -444,29 +451,34 @@ class Watcher:
 
     @staticmethod
     def _confirm(
-        named: Sequence[tuple[str, torch.Tensor | None]],
-        positions: list[list[int]],
+        tensors: Sequence[torch.Tensor | None],
+        name: Callable[[int], str],
+        readings: list[Reading],
         hosts: list[torch.Tensor],
     ) -> list[str]:
-        """Names whose fused norm is non-finite and whose elements really are (norms overflow first)."""
-        if all(math.isfinite(float(h[0])) for h in hosts):
-            return []
-        suspects = [
-            named[pos[j]]
-            for h, pos in zip(hosts, positions, strict=False)
-            for j in range(len(pos))
-            if not math.isfinite(float(h[1 + j]))
-        ]
-        return nonfinite_names(suspects)
+        """Names of the tensors that really hold NaN/Inf, when a reading is non-finite (overflow aside)."""
+        suspects: list[int] = []
+        for reading, host in zip(readings, hosts, strict=True):
+            if math.isfinite(float(host[0])):
+                continue
+            if reading.per_tensor:
+                values = host[1:].tolist()
+                suspects += [
+                    i for i, v in zip(reading.positions, values, strict=True) if not math.isfinite(v)
+                ]
+            else:
+                suspects += reading.positions
+        return nonfinite_names((name(i), tensors[i]) for i in sorted(suspects))
 
     def _check_after_step(self, opt: torch.optim.Optimizer) -> None:
         tracked = self._track(opt)
         it = self._it
         params = self._params(opt)
-        named = [(self._name(tracked.index, params, i), p) for i, p in enumerate(params)]
-        vectors, positions = fused_norms([t for _, t in named])
+        readings = finite_probe(params)
         it.pending += 1
-        self._reader.submit(vectors, lambda hosts: self._params_ready(it, tracked, named, positions, hosts))
+        self._reader.submit(
+            [r.vector for r in readings], functools.partial(self._params_ready, it, tracked, params, readings)
+        )
         before = self._step()
         tracked.steps += 1
         if self._step() > before:
@@ -481,12 +493,12 @@ class Watcher:
         self,
         it: _Iteration,
         tracked: _Tracked,
-        named: list[tuple[str, torch.Tensor]],
-        positions: list[list[int]],
+        params: list[torch.Tensor],
+        readings: list[Reading],
         hosts: list[torch.Tensor],
     ) -> None:
         it.pending -= 1
-        bad = self._confirm(named, positions, hosts)
+        bad = self._confirm(params, functools.partial(self._name, tracked.index, params), readings, hosts)
         if bad:
             self._trigger(it, "parameters", tuple(bad), tracked=tracked)
         it.release()
