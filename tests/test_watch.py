@@ -276,3 +276,26 @@ def test_warn_policy_warns_once_and_counts_later_steps():
     report = watcher.close()
     assert report.first_nonfinite.step == 2
     assert [d.step for d in report.detections][:2] == [3, 4]
+
+
+def test_report_path_gets_the_diagnosis_at_the_stop_and_the_final_report_at_close(tmp_path):
+    from nanscope.report import loads
+
+    path = tmp_path / "run.json"
+    model, optimizer, train = load("dirty_inputs").setup()
+    with pytest.raises(nanscope.NonFiniteError), nanscope.watch(model, optimizer, report_path=str(path)):
+        train()
+    assert loads(path.read_text()).cause.kind == "nonfinite_input"
+    model, optimizer, train = load("healthy_mlp").setup()
+    with nanscope.watch(model, optimizer, report_path=str(path)):
+        train()
+    assert loads(path.read_text()).verdict == "healthy"
+
+
+def test_a_closed_watcher_ignores_late_calls():
+    model, optimizer, train = load("healthy_mlp").setup()
+    watcher = nanscope.watch(model, optimizer)
+    report = watcher.close()
+    watcher.observe_batch(torch.full((2, 8), float("nan")))
+    train()  # hooks are gone: nothing is watched, nothing raised
+    assert watcher.close() is report and report.steps == 0
