@@ -299,3 +299,31 @@ def test_a_closed_watcher_ignores_late_calls():
     watcher.observe_batch(torch.full((2, 8), float("nan")))
     train()  # hooks are gone: nothing is watched, nothing raised
     assert watcher.close() is report and report.steps == 0
+
+
+def test_constant_inf_mask_buffers_are_not_blamed_but_nan_buffers_are():
+    class Masked(nn.Module):
+        def __init__(self, poison: bool):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+            self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(4))
+            if poison:
+                self.mask[0, 0] = float("nan")
+
+        def forward(self, x):
+            return torch.softmax(self.lin(x) + self.mask, dim=-1)
+
+    for poison in (False, True):
+        torch.manual_seed(0)
+        model = Masked(poison)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        try:
+            with nanscope.watch(model, optimizer) as watcher:
+                for _ in range(3):
+                    (model(torch.randn(4, 4)) * torch.randn(4, 4)).sum().backward()
+                    optimizer.step()
+        except nanscope.NonFiniteError as exc:
+            assert poison, exc.report.headline()
+            assert exc.report.first_nonfinite.names == ("mask",)
+        else:
+            assert not poison and watcher.close().verdict == "healthy"

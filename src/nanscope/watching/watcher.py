@@ -419,8 +419,15 @@ class Watcher:
         it.release()
 
     def _all_buffers(self) -> list[tuple[str, torch.Tensor]]:
+        """The buffers to watch. Buffers that hold +/-Inf but no NaN when first seen are constants by design
+        (``-inf`` attention masks, ``generate_square_subsequent_mask``) and are left out; NaN never is."""
         if self._buffers is None:
-            self._buffers = self._naming.buffers()
+            watched = []
+            for name, buffer in self._naming.buffers():
+                by_design = bool(torch.isinf(buffer).any()) and not bool(torch.isnan(buffer).any())
+                if not by_design:
+                    watched.append((name, buffer))
+            self._buffers = watched
         return self._buffers
 
     def _check_buffers(self, it: _Iteration) -> None:

@@ -1,0 +1,109 @@
+"""Side-by-side timing: the same training steps under each configuration, interleaved A B A B ...
+
+Every configuration runs in the same process on the same model, optimizer and data, block after block in a
+rotating order, after warm-up steps inside each block (so attach-time work such as model discovery is not
+counted). Reported: the median seconds per step of each configuration and, per repetition, its ratio to the
+bare block of the same repetition (median and min-max of those ratios).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import torch
+from workloads import Workload
+
+import nanscope
+from nanscope.watching.watcher import Watcher
+
+Config = Callable[[Workload], AbstractContextManager[object]]
+
+
+@contextlib.contextmanager
+def _closing(watcher: Watcher) -> Iterator[Watcher]:
+    try:
+        yield watcher
+    finally:
+        report = watcher.close()
+        assert report.verdict == "healthy", report.headline()
+
+
+def _lightning_available() -> bool:
+    try:
+        import lightning  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+CONFIGS: dict[str, Config] = {
+    "bare": lambda w: contextlib.nullcontext(),
+    "nanscope watch": lambda w: _closing(nanscope.watch(w.model, w.optimizer)),
+    "nanscope run": lambda w: _closing(Watcher(None, None)),  # the zero-code machinery: discovery + patches
+    "detect_anomaly": lambda w: torch.autograd.detect_anomaly(check_nan=True),
+}
+
+
+@dataclass(frozen=True)
+class Timing:
+    workload: str
+    config: str
+    seconds: float  # median per step
+    ratio: float  # median over repetitions of config/bare
+    ratio_min: float
+    ratio_max: float
+    tensors: int
+    parameters: int
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_block(workload: Workload, config: Config, steps: int, warmup: int) -> float:
+    batches = workload.batches()
+    with config(workload):
+        for _ in range(warmup):
+            workload.step(next(batches))
+        _sync(workload.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            workload.step(next(batches))
+        _sync(workload.device)
+        return (time.perf_counter() - start) / steps
+
+
+def compare(
+    workload: Workload, configs: dict[str, Config], steps: int, warmup: int, repeats: int
+) -> list[Timing]:
+    names = list(configs)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(2):  # process warm-up: allocator, caches, lazy inits
+        workload.step(next(workload.batches()))
+    for rep in range(repeats):
+        order = names[rep % len(names) :] + names[: rep % len(names)]
+        for name in order:
+            times[name].append(time_block(workload, configs[name], steps, warmup))
+    bare = times["bare"]
+    out = []
+    for name in names:
+        ratios = [t / b for t, b in zip(times[name], bare, strict=True)]
+        out.append(
+            Timing(
+                workload.name,
+                name,
+                statistics.median(times[name]),
+                statistics.median(ratios),
+                min(ratios),
+                max(ratios),
+                workload.tensors,
+                workload.parameters,
+            )
+        )
+    return out
