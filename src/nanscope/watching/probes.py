@@ -14,6 +14,7 @@ check runs at once there, so the exact confirmation can read the tensors themsel
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,14 +28,24 @@ _LARGE = 1 << 14  # elements: from here a dedicated kernel per tensor beats the 
 
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """One device's probe: ``vector[0]`` is the total; ``vector[1:]`` per-tensor values when ``per_tensor``.
-
-    ``positions`` are the indices (into the probed sequence) of the tensors this reading covers.
-    """
+    """One device's probe. ``vector`` holds per-tensor L2 norms when ``per_tensor`` (accelerators), else one
+    total: the sum of squares (``squares``) or a plain sum. ``positions`` index the probed sequence."""
 
     vector: torch.Tensor
     positions: tuple[int, ...]
     per_tensor: bool
+    squares: bool
+
+    def evaluate(self, host: torch.Tensor) -> tuple[float, list[int]]:
+        """``(total, suspects)`` from the values read on the host: the total is the sum of squares (or a value
+        that is finite iff every element is); suspects are the positions that may hold NaN/Inf."""
+        if self.per_tensor:
+            values = host.tolist()
+            total = math.fsum(v * v for v in values)
+            suspects = [p for p, v in zip(self.positions, values, strict=True) if not math.isfinite(v)]
+            return total, suspects
+        total = float(host[0])
+        return total, ([] if math.isfinite(total) else list(self.positions))
 
 
 def _groups(tensors: Sequence[torch.Tensor]) -> dict[torch.device, dict[torch.dtype, list[int]]]:
@@ -56,17 +67,17 @@ def _probe(tensors: Sequence[torch.Tensor], squares: bool) -> list[Reading]:
     readings = []
     for device, by_dtype in _groups(tensors).items():
         covered = tuple(i for positions in by_dtype.values() for i in positions)
-        if device.type != "cpu":
-            norms = torch.cat([_foreach_norms([tensors[i] for i in pos], dt) for dt, pos in by_dtype.items()])
-            total = torch.linalg.vector_norm(norms).reshape(1)
-            readings.append(Reading(torch.cat([total * total if squares else total, norms]), covered, True))
+        if device.type != "cpu":  # a handful of kernels; the host sums the per-tensor norms
+            per_dtype = [_foreach_norms([tensors[i] for i in pos], dt) for dt, pos in by_dtype.items()]
+            vector = per_dtype[0] if len(per_dtype) == 1 else torch.cat(per_dtype)
+            readings.append(Reading(vector, covered, True, squares))
             continue
         parts = []
         for dtype, positions in by_dtype.items():
             small = [tensors[i] for i in positions if tensors[i].numel() < _LARGE]
             if small:
-                norms = _foreach_norms(small, dtype)
-                parts.append((norms * norms).sum())
+                small_norms = _foreach_norms(small, dtype)
+                parts.append((small_norms * small_norms).sum())
             for i in positions:
                 t = tensors[i]
                 if t.numel() < _LARGE:
@@ -80,7 +91,7 @@ def _probe(tensors: Sequence[torch.Tensor], squares: bool) -> list[Reading]:
                 else:
                     parts.append(t.sum(dtype=torch.float32))
         total = torch.stack(parts).sum() if len(parts) > 1 else parts[0]
-        readings.append(Reading(total.reshape(1).float(), covered, False))
+        readings.append(Reading(total.reshape(1).float(), covered, False, squares))
     return readings
 
 

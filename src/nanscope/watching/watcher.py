@@ -23,7 +23,13 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from nanscope.detect.diagnose import Diagnosis, Observation, diagnose
-from nanscope.detect.scan import BadHyperparameter, nonfinite_hyperparameters, nonfinite_names, scan_batch
+from nanscope.detect.scan import (
+    BadHyperparameter,
+    iter_tensors,
+    nonfinite_hyperparameters,
+    nonfinite_names,
+    scan_batch,
+)
 from nanscope.errors import InternalErrorWarning, NonFiniteError, NonFiniteWarning, UsageError
 from nanscope.recover.policy import Action, Policy, make_policy
 from nanscope.report import json as report_json
@@ -49,7 +55,9 @@ class _Iteration:
     grad_sq: float | None = None
     lr: float | None = None
     batches: list[tuple[Any, Any, str]] = field(default_factory=list)
-    outputs: list[Any] = field(default_factory=list)
+    output_sums: list[torch.Tensor] = field(
+        default_factory=list
+    )  # 0-d, on the device; read only on a trigger
     pending: int = 0
     done: bool = False
     forward_checked: bool = False
@@ -59,7 +67,7 @@ class _Iteration:
 
     def release(self) -> None:
         if self.done and self.pending == 0:
-            self.batches, self.outputs = [], []
+            self.batches, self.output_sums = [], []
 
 
 @dataclass(eq=False)
@@ -312,10 +320,18 @@ class Watcher:
 
     def _on_output(self, module: nn.Module, inputs: Any, output: Any) -> None:
         if not self._closed and torch.is_grad_enabled():
-            outputs = self._it.outputs
-            outputs.append(output)
-            if len(outputs) > 2:
-                del outputs[0]
+            self._guard(self._sum_output, output)
+
+    def _sum_output(self, output: Any) -> None:
+        """One reduction of the model's output per training forward, kept on the device: the sum is NaN/Inf
+        if any element is, and tells forward from loss after a trigger without keeping the output alive."""
+        with torch.no_grad():
+            sums = [
+                t.detach().sum(dtype=torch.float32)
+                for _, t in iter_tensors(output, "output")
+                if t.is_floating_point()
+            ]
+        self._it.output_sums = (self._it.output_sums + sums)[-4:]
 
     def _on_batch(self, batch: Any, indices: Any, source: str, explicit: bool = False) -> None:
         if self._closed or (not self._track_data and not explicit):
@@ -405,7 +421,7 @@ class Watcher:
         hosts: list[torch.Tensor],
     ) -> None:
         it.pending -= 1
-        sq = sum(float(h[0]) for h in hosts)
+        sq = math.fsum(r.evaluate(h)[0] for r, h in zip(readings, hosts, strict=True))
         it.grad_sq = sq if it.grad_sq is None else it.grad_sq + sq
         if not math.isfinite(sq):
             bad = self._confirm(
@@ -566,8 +582,7 @@ class Watcher:
             before = tuple(dict.fromkeys(before + tuple(nonfinite_names(named))))
             touched = tuple(n for n in nonfinite_names(self._all_buffers()) if n not in before)
         scans = tuple(scan_batch(b, idx, src) for b, idx, src in it.batches)
-        outputs = [t for o in it.outputs for _, t in _tensors(o)]
-        output_finite = None if not outputs else all(not nonfinite_names([("out", t)]) for t in outputs)
+        output_finite = None if not it.output_sums else all(math.isfinite(float(v)) for v in it.output_sums)
         notes = self._optimizer_notes(tracked, names) if where == "parameters" and tracked is not None else ()
         return Observation(
             step=it.step,
@@ -617,12 +632,6 @@ class Watcher:
                     detail += "; optimizer state there: " + "; ".join(state_bits)
                 notes.append(Evidence("optimizer update", detail, {"parameter": name, "group": g, **hp}))
         return tuple(notes)
-
-
-def _tensors(obj: Any) -> list[tuple[str, torch.Tensor]]:
-    from nanscope.detect.scan import iter_tensors
-
-    return [(p, t) for p, t in iter_tensors(obj, "output") if t.is_floating_point()]
 
 
 def watch(
