@@ -163,7 +163,12 @@ def nonfinite_hyperparameters(
     bad = []
     for g, group in enumerate(param_groups):
         for key, value in group.items():
-            if key == "params":
+            if key == "params" or value is None or isinstance(value, (bool, str)):
+                continue
+            if type(value) is float or type(value) is int:  # the common case, on the hot path
+                if value - value == 0:  # inf - inf and nan - nan are nan
+                    continue
+                bad.append(BadHyperparameter(optimizer, g, key, float(value)))
                 continue
             for number in _numbers(value, host_only):
                 if not math.isfinite(number):

@@ -1,8 +1,10 @@
 """Reading small device tensors on the host without a per-step host-device sync.
 
-On CPU a submitted value is handed to its callback at once. On CUDA it is copied into pinned host memory with
-``non_blocking=True``, an event is recorded, and the callback runs at a later :meth:`poll` once the event has
-completed: the always-on path never waits for the GPU. ``eager=True`` trades that for an immediate read.
+On CPU a submitted value is handed to its callback at once. On an accelerator values are collected during
+the step and :meth:`commit` (once per step) concatenates them into one float32 vector per device, copies it
+into pinned host memory with ``non_blocking=True`` and records an event; the callbacks run at a later
+:meth:`poll`, oldest first, once the event has completed. So the always-on path costs one small copy per step
+and never waits for the device. ``eager=True`` reads at once instead (a sync per value).
 """
 
 from __future__ import annotations
@@ -16,45 +18,71 @@ import torch
 __all__ = ["DeviceReader"]
 
 Callback = Callable[[list[torch.Tensor]], None]
+_AUTO_COMMIT = 64  # deferred values: commit even if no step comes (e.g. a GradScaler skipping steps)
 
 
 class DeviceReader:
     def __init__(self, eager: bool = False) -> None:
         self.eager = eager
-        self._pending: deque[tuple[Any, list[torch.Tensor], Callback]] = deque()
+        self._deferred: list[tuple[list[torch.Tensor], Callback]] = []
+        self._pending: deque[tuple[Any, dict[torch.device, torch.Tensor], list[Any]]] = deque()
 
     def submit(self, tensors: Sequence[torch.Tensor], callback: Callback) -> None:
-        """Run ``callback(host_tensors)`` when the values are on the host."""
+        """Run ``callback(host_tensors)`` (1-D float32 on an accelerator) once the values are on the host."""
         if all(t.device.type == "cpu" for t in tensors):
             callback(list(tensors))
-            return
-        if self.eager:
+        elif self.eager:
             callback([t.cpu() for t in tensors])
+        else:
+            self._deferred.append((list(tensors), callback))
+            if len(self._deferred) >= _AUTO_COMMIT:
+                self.commit()
+
+    def commit(self) -> None:
+        """Start the copy of everything submitted since the last commit: one vector per device."""
+        if not self._deferred:
             return
-        hosts = []
-        for t in tensors:
-            if t.device.type == "cpu":
-                hosts.append(t)
+        items, self._deferred = self._deferred, []
+        parts: dict[torch.device, list[torch.Tensor]] = {}
+        layout = []
+        for tensors, callback in items:
+            slots = []
+            for t in tensors:
+                device_parts = parts.setdefault(t.device, [])
+                offset = sum(p.numel() for p in device_parts)
+                device_parts.append(t.detach().reshape(-1).to(torch.float32))
+                slots.append((t.device, offset, t.numel()))
+            layout.append((slots, callback))
+        hosts: dict[torch.device, torch.Tensor] = {}
+        for device, device_parts in parts.items():
+            flat = device_parts[0] if len(device_parts) == 1 else torch.cat(device_parts)
+            if device.type == "cpu":
+                hosts[device] = flat
                 continue
-            host = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
-            host.copy_(t, non_blocking=True)
-            hosts.append(host)
+            host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+            host.copy_(flat, non_blocking=True)
+            hosts[device] = host
         event = torch.cuda.Event()
         event.record()
-        self._pending.append((event, hosts, callback))
+        self._pending.append((event, hosts, layout))
+
+    def _deliver(self, hosts: dict[torch.device, torch.Tensor], layout: list[Any]) -> None:
+        for slots, callback in layout:
+            callback([hosts[device][offset : offset + n] for device, offset, n in slots])
 
     def poll(self) -> None:
         """Run the callbacks whose values have arrived, oldest first; never blocks."""
         while self._pending and self._pending[0][0].query():
-            _, hosts, callback = self._pending.popleft()
-            callback(hosts)
+            _, hosts, layout = self._pending.popleft()
+            self._deliver(hosts, layout)
 
     def flush(self) -> None:
-        """Wait for every pending value and run its callback (at close, or once something tripped)."""
+        """Wait for every value still on its way and run the callbacks (at close)."""
+        self.commit()
         while self._pending:
-            event, hosts, callback = self._pending.popleft()
+            event, hosts, layout = self._pending.popleft()
             event.synchronize()
-            callback(hosts)
+            self._deliver(hosts, layout)
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._deferred)

@@ -502,6 +502,7 @@ class Watcher:
         self._reader.submit(
             [r.vector for r in readings], functools.partial(self._params_ready, it, tracked, params, readings)
         )
+        self._reader.commit()  # one device-to-host copy per step for everything this step submitted
         before = self._step()
         tracked.steps += 1
         if self._step() > before:
