@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    repeats, steps, warmup = (3, 5, 2) if args.quick else (7, 12, 3)
+    repeats, steps, warmup = (3, 5, 2) if args.quick else (9, 16, 3)
     started = time.time()
     out: list[str] = [
         "# Performance",

@@ -1,15 +1,14 @@
-"""The always-on reads: one pass over many tensors, per device, giving a single number to test.
+"""The always-on reads: one pass over many tensors giving one number per tensor, in a few kernels per device.
 
-A NaN anywhere makes a sum, dot product or norm NaN and an Inf makes it Inf (or NaN), so a finite result
-proves every element finite. The converse has one exception: finite values whose squares or sums overflow
-float32 (|x| > ~1.8e19) also give Inf, so a non-finite result is only a candidate that the exact element-wise
+A NaN anywhere makes a sum, dot product or norm NaN and an Inf makes it Inf (or NaN), so a finite value
+proves the tensor finite. The converse has one exception: finite values whose squares or sums overflow
+float32 (|x| > ~1.8e19) also give Inf, so a non-finite value only names a suspect that the exact element-wise
 check in :mod:`nanscope.detect.scan` confirms.
 
-Per device the fastest pass differs. On accelerators ``torch._foreach_norm`` reads every tensor in a few
-multi-tensor kernels, and the per-tensor norms come back with the total, so a late read (several steps on)
-can still name the bad tensors. On CPU ``_foreach_norm`` is a loop of norm kernels; BLAS dot products and
-plain sums are 2-3x faster on large tensors, small ones stay batched, and only the total is kept: the
-check runs at once there, so the exact confirmation can read the tensors themselves.
+``torch._foreach_norm`` reads a list of tensors in one call (a few multi-tensor kernels on CUDA, a loop of
+norm kernels on CPU). On CPU a BLAS dot product or a plain sum is 1.6-3x faster per element than a norm, which
+pays for its own kernel launch from about 2^18 elements: such tensors get one. The per-tensor values are
+stacked into one small vector, so a read several steps later (CUDA) still names the bad tensors.
 """
 
 from __future__ import annotations
@@ -23,83 +22,74 @@ import torch
 __all__ = ["Reading", "grad_sq_norm", "finite_probe"]
 
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-_LARGE = 1 << 14  # elements: from here a dedicated kernel per tensor beats the batched CPU loop
+_LARGE = 1 << 18  # elements: from here a dedicated BLAS kernel per CPU tensor beats a norm in the batch
 
 
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """One device's probe. ``vector`` holds per-tensor L2 norms when ``per_tensor`` (accelerators), else one
-    total: the sum of squares (``squares``) or a plain sum. ``positions`` index the probed sequence."""
+    """One device's probe: one value per tensor at ``positions`` (indices into the probed sequence).
+
+    The first ``norms`` values are L2 norms (``_foreach_norm``); the rest come from one dedicated kernel per
+    large CPU tensor: its sum of squares (``squares``) or its plain sum.
+    """
 
     vector: torch.Tensor
     positions: tuple[int, ...]
-    per_tensor: bool
+    norms: int
     squares: bool
 
     def evaluate(self, host: torch.Tensor) -> tuple[float, list[int]]:
-        """``(total, suspects)`` from the values read on the host: the total is the sum of squares (or a value
-        that is finite iff every element is); suspects are the positions that may hold NaN/Inf."""
-        if self.per_tensor:
-            values = host.tolist()
-            total = math.fsum(v * v for v in values)
-            suspects = [p for p, v in zip(self.positions, values, strict=True) if not math.isfinite(v)]
-            return total, suspects
-        total = float(host[0])
-        return total, ([] if math.isfinite(total) else list(self.positions))
+        """``(sum of squares, suspects)``: suspects are the positions whose value is NaN/Inf."""
+        values = host.tolist()
+        head = values[: self.norms]
+        total = math.fsum(v * v for v in head) + (math.fsum(values[self.norms :]) if self.squares else 0.0)
+        suspects = [p for p, v in zip(self.positions, values, strict=True) if not math.isfinite(v)]
+        return total, suspects
 
 
 def _groups(tensors: Sequence[torch.Tensor]) -> dict[torch.device, dict[torch.dtype, list[int]]]:
     groups: dict[torch.device, dict[torch.dtype, list[int]]] = {}
     for i, t in enumerate(tensors):
-        if t.dtype in _FLOATS and t.numel() > 0:
+        if t.dtype in _FLOATS:
             groups.setdefault(t.device, {}).setdefault(t.dtype, []).append(i)
     return groups
-
-
-def _foreach_norms(members: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    if dtype == torch.float32:
-        return torch.stack(torch._foreach_norm(members, 2))
-    return torch.stack(torch._foreach_norm(members, 2, dtype=torch.float32))
 
 
 @torch.no_grad()
 def _probe(tensors: Sequence[torch.Tensor], squares: bool) -> list[Reading]:
     readings = []
     for device, by_dtype in _groups(tensors).items():
-        covered = tuple(i for positions in by_dtype.values() for i in positions)
-        if device.type != "cpu":  # a handful of kernels; the host sums the per-tensor norms
-            per_dtype = [_foreach_norms([tensors[i] for i in pos], dt) for dt, pos in by_dtype.items()]
-            vector = per_dtype[0] if len(per_dtype) == 1 else torch.cat(per_dtype)
-            readings.append(Reading(vector, covered, True, squares))
-            continue
-        parts = []
-        for dtype, positions in by_dtype.items():
-            small = [tensors[i] for i in positions if tensors[i].numel() < _LARGE]
-            if small:
-                small_norms = _foreach_norms(small, dtype)
-                parts.append((small_norms * small_norms).sum())
+        cpu = device.type == "cpu"
+        batched: list[int] = []
+        single: list[int] = []
+        for positions in by_dtype.values():
             for i in positions:
-                t = tensors[i]
-                if t.numel() < _LARGE:
-                    continue
-                if dtype not in (torch.float32, torch.float64):
-                    value = torch.linalg.vector_norm(t, dtype=torch.float32)
-                    parts.append(value * value if squares else value)
-                elif squares:
-                    flat = t.reshape(-1)
-                    parts.append(torch.dot(flat, flat).float())
-                else:
-                    parts.append(t.sum(dtype=torch.float32))
-        total = torch.stack(parts).sum() if len(parts) > 1 else parts[0]
-        readings.append(Reading(total.reshape(1).float(), covered, False, squares))
+                large = (
+                    cpu
+                    and tensors[i].numel() >= _LARGE
+                    and tensors[i].dtype in (torch.float32, torch.float64)
+                )
+                (single if large else batched).append(i)
+        values: list[torch.Tensor] = []
+        for dtype in by_dtype:
+            members = [tensors[i] for i in batched if tensors[i].dtype == dtype]
+            if members:
+                values += torch._foreach_norm(
+                    members, 2, dtype=None if dtype == torch.float32 else torch.float32
+                )
+        for i in single:
+            flat = tensors[i].reshape(-1)
+            values.append(torch.dot(flat, flat) if squares else flat.sum())
+        vector = torch.stack([v.float() if v.dtype != torch.float32 else v for v in values])
+        readings.append(Reading(vector, tuple(batched + single), len(batched), squares))
     return readings
 
 
 def grad_sq_norm(tensors: Sequence[torch.Tensor]) -> list[Reading]:
-    """Per device: the sum of squares of every element (the squared global L2 norm) and finiteness."""
+    """Per device: one value per tensor, giving the global sum of squares and which tensors are non-finite."""
     return _probe(tensors, squares=True)
 
 
 def finite_probe(tensors: Sequence[torch.Tensor]) -> list[Reading]:
-    """Per device: a number that is finite only if (barring overflow) every element is finite."""
+    """Per device: one value per tensor that is finite only if (barring overflow) every element is."""
     return _probe(tensors, squares=False)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import traceback
 import warnings
 import weakref
 from collections import deque
@@ -257,9 +259,12 @@ class Watcher:
             raise
         except Exception as exc:  # an internal failure must never kill training
             self._broken = True
+            detail = (
+                "".join(traceback.format_exception(exc)) if os.environ.get("NANSCOPE_DEBUG") else repr(exc)
+            )
             warnings.warn(
-                f"nanscope stopped watching after an internal error ({exc!r}); training continues unwatched. "
-                "Please report this with the traceback from NANSCOPE_DEBUG=1.",
+                f"nanscope stopped watching after an internal error ({detail}); training continues unwatched. "
+                "Set NANSCOPE_DEBUG=1 for the full traceback and please report it.",
                 InternalErrorWarning,
                 stacklevel=3,
             )
@@ -479,18 +484,8 @@ class Watcher:
         readings: list[Reading],
         hosts: list[torch.Tensor],
     ) -> list[str]:
-        """Names of the tensors that really hold NaN/Inf, when a reading is non-finite (overflow aside)."""
-        suspects: list[int] = []
-        for reading, host in zip(readings, hosts, strict=True):
-            if math.isfinite(float(host[0])):
-                continue
-            if reading.per_tensor:
-                values = host[1:].tolist()
-                suspects += [
-                    i for i, v in zip(reading.positions, values, strict=True) if not math.isfinite(v)
-                ]
-            else:
-                suspects += reading.positions
+        """Names of the tensors that really hold NaN/Inf among those whose probe value is non-finite."""
+        suspects = [i for r, h in zip(readings, hosts, strict=True) for i in r.evaluate(h)[1]]
         return nonfinite_names((name(i), tensors[i]) for i in sorted(suspects))
 
     def _check_after_step(self, opt: torch.optim.Optimizer) -> None:
