@@ -57,6 +57,7 @@ class Timing:
     ratio: float  # median over repetitions of config/bare
     ratio_min: float
     ratio_max: float
+    best_ratio: float  # fastest block of the config over the fastest bare block: noise only ever adds time
     tensors: int
     parameters: int
 

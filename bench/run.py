@@ -142,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Each configuration runs {steps} timed steps per block after {warmup} warm-up steps, blocks interleaved "
         f"in rotating order, {repeats} repetitions. `ratio` is the median over repetitions of the block's "
-        "time over the bare block of the same repetition; `range` its min-max. `nanscope run` is the zero-code "
+        "time over the bare block of the same repetition; `range` its min-max; `best/best` the fastest block of "
+        "the configuration over the fastest bare block (noise only adds time, so this is the steadier "
+        "estimate on a busy machine). `overhead` is from `ratio`. `nanscope run` is the zero-code "
         "machinery (optimizer discovery, global hooks, DataLoader patches) attached in-process.",
         "",
         *table(
