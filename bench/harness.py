@@ -33,14 +33,6 @@ def _closing(watcher: Watcher) -> Iterator[Watcher]:
         assert report.verdict == "healthy", report.headline()
 
 
-def _lightning_available() -> bool:
-    try:
-        import lightning  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 CONFIGS: dict[str, Config] = {
     "bare": lambda w: contextlib.nullcontext(),
     "nanscope watch": lambda w: _closing(nanscope.watch(w.model, w.optimizer)),
