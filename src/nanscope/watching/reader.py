@@ -26,6 +26,7 @@ class DeviceReader:
         self.eager = eager
         self._deferred: list[tuple[list[torch.Tensor], Callback]] = []
         self._pending: deque[tuple[Any, dict[torch.device, torch.Tensor], list[Any]]] = deque()
+        self._free: list[torch.Tensor] = []  # pinned host buffers whose values have been delivered
 
     def submit(self, tensors: Sequence[torch.Tensor], callback: Callback) -> None:
         """Run ``callback(host_tensors)`` (1-D float32 on an accelerator) once the values are on the host."""
@@ -59,16 +60,28 @@ class DeviceReader:
             if device.type == "cpu":
                 hosts[device] = flat
                 continue
-            host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+            host = self._pinned(flat.numel())
             host.copy_(flat, non_blocking=True)
             hosts[device] = host
         event = torch.cuda.Event()
         event.record()
         self._pending.append((event, hosts, layout))
 
+    def _pinned(self, n: int) -> torch.Tensor:
+        """A pinned float32 host vector of ``n`` values, reused once its previous values were delivered."""
+        for i, buffer in enumerate(self._free):
+            if buffer.numel() >= n:
+                return self._free.pop(i)[:n]
+        return torch.empty(max(n, 256), dtype=torch.float32, pin_memory=True)[:n]
+
     def _deliver(self, hosts: dict[torch.device, torch.Tensor], layout: list[Any]) -> None:
-        for slots, callback in layout:
-            callback([hosts[device][offset : offset + n] for device, offset, n in slots])
+        try:
+            for slots, callback in layout:
+                callback([hosts[device][offset : offset + n] for device, offset, n in slots])
+        finally:  # callbacks read the values and keep no view of them
+            for device, host in hosts.items():
+                if device.type != "cpu" and len(self._free) < 8:
+                    self._free.append(host._base if host._base is not None else host)
 
     def poll(self) -> None:
         """Run the callbacks whose values have arrived, oldest first; never blocks."""
