@@ -95,6 +95,7 @@ def compare(
                 statistics.median(ratios),
                 min(ratios),
                 max(ratios),
+                min(times[name]) / min(bare),
                 workload.tensors,
                 workload.parameters,
             )
