@@ -49,7 +49,6 @@ class Timing:
     ratio: float  # median over repetitions of config/bare
     ratio_min: float
     ratio_max: float
-    best_ratio: float  # fastest block of the config over the fastest bare block: noise only ever adds time
     tensors: int
     parameters: int
 
@@ -95,7 +94,6 @@ def compare(
                 statistics.median(ratios),
                 min(ratios),
                 max(ratios),
-                min(times[name]) / min(bare),
                 workload.tensors,
                 workload.parameters,
             )

@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    repeats, steps, warmup = (3, 5, 2) if args.quick else (9, 16, 3)
+    repeats, steps, warmup = (3, 5, 2) if args.quick else (15, 12, 2)
     started = time.time()
     out: list[str] = [
         "# Performance",
@@ -142,9 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Each configuration runs {steps} timed steps per block after {warmup} warm-up steps, blocks interleaved "
         f"in rotating order, {repeats} repetitions. `ratio` is the median over repetitions of the block's "
-        "time over the bare block of the same repetition; `range` its min-max; `best/best` the fastest block of "
-        "the configuration over the fastest bare block (noise only adds time, so this is the steadier "
-        "estimate on a busy machine). `overhead` is from `ratio`. `nanscope run` is the zero-code "
+        "time over the bare block of the same repetition; `range` its min-max (this 2-core virtual machine's "
+        "block-to-block noise is about +/-15 %, so single ratios below a few percent are within noise). "
+        "`nanscope run` is the zero-code "
         "machinery (optimizer discovery, global hooks, DataLoader patches) attached in-process.",
         "",
         *table(
