@@ -429,12 +429,8 @@ class Watcher:
         sq = math.fsum(r.evaluate(h)[0] for r, h in zip(readings, hosts, strict=True))
         it.grad_sq = sq if it.grad_sq is None else it.grad_sq + sq
         if not math.isfinite(sq):
-            bad = self._confirm(
-                [p.grad for p in params],
-                lambda i: self._naming.param(params[i], f"optimizer[{tracked.index}].params[{i}]"),
-                readings,
-                hosts,
-            )
+            name = functools.partial(self._name, tracked.index, params)
+            bad = self._confirm([p.grad for p in params], name, readings, hosts)
             if bad:
                 self._trigger(it, "gradients", tuple(bad))
         it.release()
