@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from nanscope.report.model import Cause, History
 
-__all__ = ["suggestions_for"]
+__all__ = ["clip_hint", "suggestions_for"]
 
 
-def _clip_hint(history: History) -> str:
+def clip_hint(history: History) -> str:
     norms = sorted(v for v in history.grad_norm if v is not None and v == v and v != float("inf"))
     if len(norms) >= 5:
         typical = norms[len(norms) // 2]
@@ -51,7 +51,7 @@ def suggestions_for(cause: Cause, history: History) -> tuple[str, ...]:
                 "Set the optimizer's `eps` > 0 (the default 1e-8): with eps=0, Adam divides 0 by 0 where a "
                 "weight has received only zero gradients."
             )
-        tips.append(f"Lower the learning rate by 10x and clip gradients: {_clip_hint(history)}.")
+        tips.append(f"Lower the learning rate by 10x and clip gradients: {clip_hint(history)}.")
         tips.append("Check custom optimizer code and its state for divisions without an eps.")
         return tuple(tips)
     # undetermined, and kinds the localizer adds later: the likely culprits of the phase first
@@ -68,7 +68,7 @@ def suggestions_for(cause: Cause, history: History) -> tuple[str, ...]:
         ]
     tips += [
         "If the loss or grad norm grew over the steps before, lower the learning rate by 10x or add warm-up.",
-        f"Clip gradients: {_clip_hint(history)}.",
+        f"Clip gradients: {clip_hint(history)}.",
         "If training in float16, switch to bfloat16 or use torch.amp.GradScaler.",
     ]
     return tuple(tips)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from nanscope.detect.advice import suggestions_for
+from nanscope.detect.advice import clip_hint, suggestions_for
 from nanscope.detect.scan import BadHyperparameter, BatchScan
+from nanscope.localize.classify import classify
+from nanscope.localize.trace import OpFinding
 from nanscope.report.model import Cause, Evidence, FirstNonFinite, History, Phase, Where
 
 __all__ = ["Diagnosis", "Observation", "diagnose"]
@@ -38,6 +40,10 @@ class Observation:
     model_output_finite: bool | None = None
     optimizer_notes: tuple[Evidence, ...] = ()
     buffers_touched: tuple[str, ...] = ()
+    op: OpFinding | None = None  # from replaying the step under op tracing
+    op_samples: tuple[int, ...] | None = None  # dataset indices of the rows the op turned non-finite
+    replay_note: str | None = None  # why there was no replay, if there was none
+    op_whole_batch: bool = False  # every row went non-finite: a property of the batch, not of samples
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +168,58 @@ def diagnose(obs: Observation) -> Diagnosis:
             evidence=obs.optimizer_notes,
         )
         first = FirstNonFinite(obs.step, "parameters", names)
+    elif obs.op is not None:
+        first = FirstNonFinite(obs.step, obs.trigger, obs.trigger_names)
+        found = classify(obs.op, obs.history)
+        op = obs.op
+        facts = [
+            Evidence(
+                "origin op",
+                f"aten.{op.aten} in {op.phase}"
+                + (f" at {op.source}" if op.source else "")
+                + f": {op.nan} NaN, {op.inf} Inf in its {op.output_dtype} output",
+                {"aten": op.aten, "phase": op.phase, "source": op.source, "module": op.module},
+            ),
+            *(
+                Evidence(
+                    f"input {i}",
+                    s.text(),
+                    {
+                        "min": s.min,
+                        "max": s.max,
+                        "zeros": s.zeros,
+                        "negatives": s.negatives,
+                        "nonfinite": s.nonfinite,
+                    },
+                )
+                for i, s in enumerate(op.inputs)
+            ),
+        ]
+        if op.rows is not None:
+            whole = obs.op_whole_batch
+            facts.append(
+                Evidence(
+                    "rows",
+                    "every row of the batch (a property of the whole batch, not of single samples)"
+                    if whole
+                    else f"batch rows {list(op.rows[:20])}",
+                    {"rows": list(op.rows)},
+                )
+            )
+        if growth is not None:
+            facts.append(growth)
+        cause = Cause(
+            kind=found.kind,
+            phase=op.phase,
+            summary=found.summary,
+            module=op.module,
+            op=op.op,
+            samples=obs.op_samples,
+            evidence=tuple(facts) + touched,
+        )
+        explode = found.kind in ("gradient_explosion", "overflow")
+        clip = (f"Clip gradients: {clip_hint(obs.history)}.",) if explode else ()
+        return Diagnosis(first=first, cause=cause, suggestions=found.suggestions + clip)
     else:
         evidence: list[Evidence] = []
         if obs.batches_tracked:
@@ -190,6 +248,8 @@ def diagnose(obs: Observation) -> Diagnosis:
         if growth is not None:
             evidence.append(growth)
         evidence.extend(touched)
+        if obs.replay_note:
+            evidence.append(Evidence("localization", obs.replay_note))
         cause = Cause(kind="undetermined", phase=phase, summary=summary, evidence=tuple(evidence))
         first = FirstNonFinite(obs.step, obs.trigger, obs.trigger_names)
     return Diagnosis(first=first, cause=cause, suggestions=suggestions_for(cause, obs.history))

@@ -33,6 +33,8 @@ from nanscope.detect.scan import (
     scan_batch,
 )
 from nanscope.errors import InternalErrorWarning, NonFiniteError, NonFiniteWarning, UsageError
+from nanscope.localize.replay import RngState, replay
+from nanscope.localize.trace import OpFinding
 from nanscope.recover.policy import Action, Policy, make_policy
 from nanscope.report import json as report_json
 from nanscope.report.model import Detection, Evidence, History, Report, Where
@@ -65,6 +67,7 @@ class _Iteration:
     forward_checked: bool = False
     inf_loss: bool = False  # an infinite (not NaN) loss, judged at the step: a GradScaler may own it
     scaler_step: bool | None = None  # None until a step starts; True when a GradScaler drives it
+    rng: RngState | None = None  # RNG at the first training forward (kept only when a step_fn can replay)
     bad_buffers_at_start: tuple[str, ...] = ()
 
     def release(self) -> None:
@@ -111,6 +114,7 @@ class Watcher:
         report_path: str | None = None,
         track_data: bool = True,
         eager: bool = False,
+        step_fn: Callable[[Any], object] | None = None,
     ) -> None:
         problems = []
         try:
@@ -122,6 +126,8 @@ class Watcher:
         except UsageError as exc:
             problems.append(str(exc))
             optimizers = []
+        if step_fn is not None and not callable(step_fn):
+            problems.append(f"step_fn must be callable as step_fn(batch); got {type(step_fn).__name__}")
         if isinstance(history, bool) or not isinstance(history, int) or history < 1:
             problems.append(f"history must be a positive int (steps kept); got {history!r}")
         models = {}
@@ -137,6 +143,8 @@ class Watcher:
         if problems:
             raise UsageError("nanscope.watch(): " + "; ".join(problems))
         self._discover = optimizer is None
+        self._step_fn = step_fn
+        self._replaying = False
         self._track_data = track_data
         self._report_path = report_path
         self._reader = DeviceReader(eager=eager)
@@ -251,7 +259,7 @@ class Watcher:
 
     # ---------------------------------------------------------------- plumbing
     def _guard(self, fn: Callable[..., None], *args: Any) -> None:
-        if self._broken or self._closed:
+        if self._broken or self._closed or self._replaying:
             return
         try:
             fn(*args)
@@ -319,8 +327,15 @@ class Watcher:
         self._post_hook(opt, args, kwargs)
 
     def _on_forward_start(self, module: nn.Module, inputs: Any) -> None:
-        if not self._closed and torch.is_grad_enabled() and not self._it.forward_checked:
+        if (
+            not self._closed
+            and not self._replaying
+            and torch.is_grad_enabled()
+            and not self._it.forward_checked
+        ):
             self._it.forward_checked = True
+            if self._step_fn is not None:
+                self._it.rng = RngState.capture()
             self._guard(self._check_buffers, self._it)
 
     def _on_output(self, module: nn.Module, inputs: Any, output: Any) -> None:
@@ -339,7 +354,7 @@ class Watcher:
         self._it.output_sums = (self._it.output_sums + sums)[-4:]
 
     def _on_batch(self, batch: Any, indices: Any, source: str, explicit: bool = False) -> None:
-        if self._closed or (not self._track_data and not explicit):
+        if self._closed or self._replaying or (not self._track_data and not explicit):
             return
         batches = self._it.batches
         batches.append((batch, indices, source))
@@ -576,6 +591,9 @@ class Watcher:
         scans = tuple(scan_batch(b, idx, src) for b, idx, src in it.batches)
         output_finite = None if not it.output_sums else all(math.isfinite(float(v)) for v in it.output_sums)
         notes = self._optimizer_notes(tracked, names) if where == "parameters" and tracked is not None else ()
+        op, op_samples, whole = None, None, False
+        if where in ("loss", "gradients") and not hps and not before and all(scan.clean for scan in scans):
+            op, op_samples, whole = self._replay(it)
         return Observation(
             step=it.step,
             trigger=where,
@@ -588,7 +606,63 @@ class Watcher:
             model_output_finite=output_finite,
             optimizer_notes=notes,
             buffers_touched=touched,
+            op=op,
+            op_samples=op_samples,
+            op_whole_batch=whole,
+            replay_note=self._replay_note(it),
         )
+
+    def _replay_note(self, it: _Iteration) -> str | None:
+        if self._step_fn is None:
+            return "no replay: pass step_fn=... to nanscope.watch to localize the op"
+        if not it.batches:
+            return "no replay: the step's batch was not seen (iterate a DataLoader or call observe_batch)"
+        if it is not self._it or it.rng is None:
+            return "no replay: the failing step's state is gone (read late on the device; use eager=True)"
+        return None
+
+    def _replay(self, it: _Iteration) -> tuple[OpFinding | None, tuple[int, ...] | None, bool]:
+        """Re-run the failing step under op tracing, when a step function, its batch and its state are there."""
+        if self._replay_note(it) is not None or it.rng is None or self._step_fn is None:
+            return None, None, False
+        batch, indices, _ = it.batches[-1]
+        index_list = (
+            None
+            if indices is None
+            else [int(i) for i in (indices if not isinstance(indices, int) else [indices])]
+        )
+        tensors = [t for _, t in iter_tensors(batch) if t.dim() >= 1]
+        size = len(index_list) if index_list is not None else (tensors[0].shape[0] if tensors else None)
+        params = [
+            p for t in self._tracked.values() if (o := t.optimizer()) is not None for p in self._params(o)
+        ]
+        buffers = [b for model in self._naming.models.values() for b in model.buffers()]
+        names = {id(m): n for model in self._naming.models.values() for n, m in model.named_modules()}
+        if len(self._naming.models) > 1:
+            names = {
+                id(m): self._naming.module(m) or ""
+                for model in self._naming.models.values()
+                for m in model.modules()
+            }
+        self._replaying = True
+        try:
+            finding = replay(
+                self._step_fn,
+                batch,
+                start=it.rng,
+                params=params,
+                buffers=buffers,
+                module_names=names,
+                batch_size=size,
+            )
+        finally:
+            self._replaying = False
+        rows = finding.rows if finding is not None else None
+        whole = bool(rows) and size is not None and size > 1 and len(rows or ()) == size
+        samples = None
+        if rows and index_list is not None and not whole:
+            samples = tuple(sorted({index_list[r] for r in rows}))
+        return finding, samples, whole
 
     def _optimizer_notes(self, tracked: _Tracked, names: tuple[str, ...]) -> tuple[Evidence, ...]:
         opt = tracked.optimizer()
@@ -635,6 +709,7 @@ def watch(
     report_path: str | None = None,
     track_data: bool = True,
     eager: bool = False,
+    step_fn: Callable[[Any], object] | None = None,
 ) -> Watcher:
     """Watch a training run; use as a context manager or call ``.close()``.
 
@@ -646,6 +721,9 @@ def watch(
     ``"warn"`` warns once and lets training go on. ``optimizer=None`` discovers optimizers as they step.
     ``track_data`` maps DataLoader batches to dataset indices. ``eager`` reads device flags at once (a host
     sync per step on CUDA) instead of a few steps later. ``report_path`` writes the JSON report there.
+    ``step_fn(batch)`` runs forward, loss and backward for one batch (no optimizer step): with it, a NaN
+    whose cause is not in the data, weights or hyperparameters is localized by replaying the failing step
+    under op tracing (op, module, source line, kind, culprit samples); the run is left as it was.
     """
     return Watcher(
         model,
@@ -655,4 +733,5 @@ def watch(
         report_path=report_path,
         track_data=track_data,
         eager=eager,
+        step_fn=step_fn,
     )

@@ -1,0 +1,215 @@
+"""Localization by replay (API ``step_fn``): the op, module, phase, kind and culprit samples of a NaN."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import nanscope
+from nanscope.localize.replay import RngState, replay
+
+
+def run(model: nn.Module, batches: list, loss_fn, lr: float = 0.1, **kwargs) -> nanscope.Report:
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+
+    def step_fn(batch):
+        loss_fn(model, batch).backward()
+
+    with (
+        pytest.raises(nanscope.NonFiniteError) as info,
+        nanscope.watch(model, optimizer, step_fn=step_fn, **kwargs) as w,
+    ):
+        for i, batch in enumerate(batches):
+            w.observe_batch(batch, indices=list(range(100 * i, 100 * i + len(batch[0]))))
+            optimizer.zero_grad()
+            step_fn(batch)
+            optimizer.step()
+    return info.value.report
+
+
+class Head(nn.Module):
+    def __init__(self, d: int = 4, k: int = 3):
+        super().__init__()
+        self.fc = nn.Linear(d, k)
+
+
+def test_log_of_zero_in_a_hand_written_loss_names_log_the_phase_and_the_rows():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3))
+    with torch.no_grad():
+        model[0].weight.mul_(60.0)
+    x = torch.randn(6, 4)
+    x[[2, 5]] *= 10  # these rows saturate the softmax
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    with torch.no_grad():
+        p = torch.softmax(model(x), 1)[torch.arange(6), y]
+    assert (p == 0).any()
+
+    def loss_fn(m, b):
+        prob = torch.softmax(m(b[0]), 1)
+        return -torch.log(prob[torch.arange(len(b[1])), b[1]]).mean()
+
+    report = run(model, [(x, y)], loss_fn)
+    cause = report.cause
+    assert (cause.kind, cause.op, cause.phase) == ("domain_error", "log", "loss")
+    assert "zeros" in cause.summary and "log_softmax" in report.suggestions[0]
+    zero_rows = [int(r) for r in torch.nonzero(p == 0).reshape(-1)]
+    assert list(cause.samples) == zero_rows  # indices are 0..5 for the first batch
+    assert "test_localize.py" in cause.evidence[0].detail  # the user's source line
+
+
+class StatsPool(nn.Module):
+    def forward(self, h):
+        mean = h.mean(1, keepdim=True)
+        return ((h - mean) ** 2).mean(1).sqrt()
+
+
+class Speaker(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(6, 4)
+        self.pool = StatsPool()
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x):
+        return self.head(self.pool(self.proj(x)))
+
+
+def test_sqrt_at_zero_in_std_pooling_is_a_singular_gradient_in_that_module():
+    torch.manual_seed(0)
+    x = torch.randn(5, 10, 6)
+    x[3] = 0.7  # a constant recording: std 0, forward finite
+    report = run(Speaker(), [(x, torch.randn(5, 1))], lambda m, b: nn.functional.mse_loss(m(b[0]), b[1]))
+    cause = report.cause
+    assert report.first_nonfinite.where == "gradients"
+    assert (cause.kind, cause.op, cause.phase, cause.module) == (
+        "singular_gradient",
+        "sqrt",
+        "backward",
+        "pool",
+    )
+    assert cause.samples == (3,)
+
+
+class NaiveSoftmax(nn.Module):
+    def forward(self, z):
+        e = torch.exp(z)
+        return e / e.sum(-1, keepdim=True)
+
+
+def test_exp_overflow_in_a_hand_written_softmax():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), NaiveSoftmax())
+    x = torch.randn(4, 4)
+    x[1] *= 300.0
+    report = run(model, [(x, torch.randint(0, 5, (4,)))], lambda m, b: -m(b[0]).clamp_min(1e-9).log().mean())
+    cause = report.cause
+    assert (cause.kind, cause.op, cause.module, cause.phase) == ("overflow", "exp", "1", "forward")
+    assert cause.samples == (101,) or cause.samples == (1,)
+
+
+def test_division_by_a_zero_norm():
+    class Normalize(nn.Module):
+        def forward(self, v):
+            return v / v.norm(dim=1, keepdim=True)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.ReLU(), Normalize(), nn.Linear(3, 1))
+    x = torch.rand(4, 3)
+    x[2] = -1.0  # relu -> all zeros -> norm 0 -> 0/0
+    report = run(model, [(x, torch.randn(4, 1))], lambda m, b: nn.functional.mse_loss(m(b[0]), b[1]))
+    cause = report.cause
+    assert (cause.kind, cause.op, cause.module) == ("domain_error", "div", "1")
+    assert "divided by zero" in cause.summary and cause.samples == (2,)
+
+
+def test_a_fully_masked_attention_row_but_not_a_partly_masked_one():
+    torch.manual_seed(0)
+    q = nn.Linear(4, 4)
+    x = torch.randn(3, 5, 4)
+    keep = torch.ones(3, 5, 5, dtype=torch.bool)  # the batch carries a boolean mask; the model makes -inf
+    keep[:, :, 4] = False  # legitimate: every row keeps finite entries
+    keep[1, 2, :] = False  # sample 1, query 2: nothing left to attend to
+
+    def loss_fn(m, b):
+        h = m(b[0])
+        scores = (h @ h.transpose(1, 2)).masked_fill(~b[1], float("-inf"))
+        return (torch.softmax(scores, dim=-1) @ h).pow(2).mean()
+
+    report = run(q, [(x, keep)], loss_fn)
+    cause = report.cause
+    assert (cause.kind, cause.op) == ("domain_error", "_softmax")
+    assert "entirely -inf" in cause.summary and cause.samples == (1,)
+
+
+def test_mean_over_a_fully_ignored_target_set():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    x, y = torch.randn(4, 4), torch.full((4,), -100)
+    report = run(model, [(x, y)], lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]))
+    assert report.cause.kind == "domain_error" and report.cause.op.startswith("nll_loss")
+    assert report.cause.samples is None
+
+
+def test_float16_overflow_names_the_dtype():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 4)
+    x = torch.randn(2, 4) * 300
+
+    def loss_fn(m, b):
+        h = m(b[0]).half()
+        return (h * h * h).float().mean()
+
+    report = run(model, [(x, torch.zeros(2))], loss_fn)
+    assert report.cause.kind == "overflow" and "float16" in report.cause.summary
+    assert "bfloat16" in report.suggestions[0]
+
+
+def test_without_step_fn_the_report_says_how_to_localize():
+    torch.manual_seed(0)
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(nanscope.NonFiniteError) as info, nanscope.watch(model, optimizer):
+        torch.log(model(torch.ones(1, 2)) * 0).sum().backward()
+        optimizer.step()
+    cause = info.value.report.cause
+    assert cause.kind == "undetermined"
+    assert any("step_fn" in e.detail for e in cause.evidence)
+
+
+def test_replay_restores_gradients_buffers_and_every_rng_stream():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 1))
+    x = torch.randn(16, 4)
+    model(x).sum().backward()
+    start = RngState.capture()
+    grads = [p.grad.clone() for p in model.parameters()]
+    buffers = [b.clone() for b in model.buffers()]
+    torch.rand(3)  # move the stream on: replay must put it back here, not at ``start``
+    before = torch.get_rng_state()
+    replay(
+        lambda b: model(b).sum().backward(),
+        x,
+        start=start,
+        params=list(model.parameters()),
+        buffers=list(model.buffers()),
+        module_names={},
+        batch_size=16,
+    )
+    assert torch.equal(torch.get_rng_state(), before)
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads, strict=True))
+    assert all(torch.equal(b, s) for b, s in zip(model.buffers(), buffers, strict=True))
+
+
+def test_replay_reproduces_dropout_masks():
+    torch.manual_seed(0)
+    drop = nn.Dropout(0.5)
+    x = torch.ones(1, 64, requires_grad=True)
+    start = RngState.capture()
+    first = drop(x)
+    seen = []
+    replay(
+        lambda b: seen.append(drop(b)), x, start=start, params=[], buffers=[], module_names={}, batch_size=1
+    )
+    assert torch.equal(seen[0], first)
