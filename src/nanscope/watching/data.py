@@ -16,9 +16,9 @@ from typing import Any
 
 from nanscope.errors import InternalErrorWarning
 
-__all__ = ["patched_next", "patched_next_index"]
+__all__ = ["MISSING", "patched_next", "patched_next_index"]
 
-_MISSING = object()
+MISSING = object()
 _records: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictionary()
 
 
@@ -46,10 +46,18 @@ def _source(it: Any) -> str:
 
 
 def patched_next(
-    original: Callable[[Any], Any], sink: Callable[[Any, Any, str], None]
+    original: Callable[[Any], Any],
+    sink: Callable[[Any, Any, str], None],
+    refeed: Callable[[], Any] | None = None,
 ) -> Callable[[Any], Any]:
+    """``refeed()`` may return a batch to hand out again instead of the next one (replay), else ``MISSING``."""
+
     @functools.wraps(original)
     def __next__(it: Any) -> Any:
+        if refeed is not None:
+            again = refeed()
+            if again is not MISSING:
+                return again
         task_info = getattr(it, "_task_info", None)
         before = set(task_info) if task_info is not None else None
         batch = original(it)
@@ -57,14 +65,14 @@ def patched_next(
             record = _records.get(it, {})
             if before is not None:
                 gone = sorted(before - set(it._task_info))
-                indices = _MISSING
+                indices = MISSING
                 for task in gone:
-                    found = record.pop(task, _MISSING)
-                    if indices is _MISSING:
+                    found = record.pop(task, MISSING)
+                    if indices is MISSING:
                         indices = found
             else:
-                indices = record.pop("last", _MISSING)
-            sink(batch, None if indices is _MISSING else indices, _source(it))
+                indices = record.pop("last", MISSING)
+            sink(batch, None if indices is MISSING else indices, _source(it))
         except Exception as exc:
             warnings.warn(f"nanscope could not track a batch: {exc!r}", InternalErrorWarning, stacklevel=2)
         return batch

@@ -65,6 +65,14 @@ def _on_batch(batch: Any, indices: Any, source: str) -> None:
         watcher._on_batch(batch, indices, source)
 
 
+def _refeed() -> Any:
+    for watcher in tuple(_watchers):
+        batch = watcher._refeed_batch()
+        if batch is not _data.MISSING:
+            return batch
+    return _data.MISSING
+
+
 def _set(owner: Any, name: str, value: Any) -> None:
     _originals[(owner, name)] = owner.__dict__[name] if name in owner.__dict__ else getattr(owner, name)
     setattr(owner, name, value)
@@ -75,7 +83,7 @@ def _install() -> None:
     _set(torch.optim.Optimizer, "__init__", _patched_optimizer_init(torch.optim.Optimizer.__init__))
     base = _dl._BaseDataLoaderIter
     _set(base, "_next_index", _data.patched_next_index(base._next_index))
-    _set(base, "__next__", _data.patched_next(base.__next__, _on_batch))
+    _set(base, "__next__", _data.patched_next(base.__next__, _on_batch, _refeed))
 
 
 def _uninstall() -> None:

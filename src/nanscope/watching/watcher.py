@@ -9,6 +9,7 @@ step. Only after something non-finite is seen does the watcher run exact element
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -17,7 +18,7 @@ import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -34,15 +35,17 @@ from nanscope.detect.scan import (
 )
 from nanscope.errors import InternalErrorWarning, NonFiniteError, NonFiniteWarning, UsageError
 from nanscope.localize.replay import RngState, replay
-from nanscope.localize.trace import OpFinding
-from nanscope.recover.policy import Action, Policy, make_policy
+from nanscope.localize.trace import OpFinding, OpTracer
+from nanscope.recover.policy import Action, Policy, Stop, make_policy
 from nanscope.report import json as report_json
 from nanscope.report.model import Detection, Evidence, History, Report, Where
 from nanscope.watching import patches
+from nanscope.watching.data import MISSING
 from nanscope.watching.discovery import Naming, find_roots, normalize_models
 from nanscope.watching.environment import environment
 from nanscope.watching.probes import Reading, finite_probe, grad_sq_norm
 from nanscope.watching.reader import DeviceReader
+from nanscope.watching.refeed import Refeed, Stage
 
 __all__ = ["Watcher", "watch"]
 
@@ -58,7 +61,9 @@ class _Iteration:
     losses: list[float] = field(default_factory=list)
     grad_sq: float | None = None
     lr: float | None = None
-    batches: list[tuple[Any, Any, str]] = field(default_factory=list)
+    batches: list[tuple[Any, Any, str, bool]] = field(
+        default_factory=list
+    )  # batch, indices, source, explicit
     output_sums: list[torch.Tensor] = field(
         default_factory=list
     )  # 0-d, on the device; read only on a trigger
@@ -145,6 +150,8 @@ class Watcher:
         self._discover = optimizer is None
         self._step_fn = step_fn
         self._replaying = False
+        self._refeed: Refeed | None = None
+        self._skip: set[int] = set()  # optimizers whose current step is skipped (the failing step, replayed)
         self._track_data = track_data
         self._report_path = report_path
         self._reader = DeviceReader(eager=eager)
@@ -201,6 +208,15 @@ class Watcher:
         """Detach everything, read any pending device values, and return the final report."""
         if self._final is not None:
             return self._final
+        if self._refeed is not None:  # the loop ended (or failed) before the replay finished
+            with contextlib.suppress(NonFiniteError):  # closing reports; it does not raise for the policy
+                if self._refeed.stage is Stage.TRACING:
+                    self._finish_refeed()
+                else:
+                    refeed, self._refeed = self._refeed, None
+                    refeed.stop()
+                    note = "no replay: the training loop ended before the failing batch could be run again"
+                    self._conclude(replace(refeed.observation, replay_note=note))
         try:
             if not self._broken:
                 self._guard(self._reader.flush)
@@ -327,15 +343,16 @@ class Watcher:
         self._post_hook(opt, args, kwargs)
 
     def _on_forward_start(self, module: nn.Module, inputs: Any) -> None:
-        if (
-            not self._closed
-            and not self._replaying
-            and torch.is_grad_enabled()
-            and not self._it.forward_checked
-        ):
+        if self._closed or self._replaying or not torch.is_grad_enabled():
+            return
+        if self._refeed is not None:
+            if self._refeed.stage is Stage.ARMED:
+                self._guard(self._refeed.start)
+            return
+        if not self._it.forward_checked:
             self._it.forward_checked = True
-            if self._step_fn is not None:
-                self._it.rng = RngState.capture()
+            if self._step_fn is not None or (self._track_data and isinstance(self._policy, Stop)):
+                self._it.rng = RngState.capture()  # so that the step can be replayed exactly
             self._guard(self._check_buffers, self._it)
 
     def _on_output(self, module: nn.Module, inputs: Any, output: Any) -> None:
@@ -357,12 +374,23 @@ class Watcher:
         if self._closed or self._replaying or (not self._track_data and not explicit):
             return
         batches = self._it.batches
-        batches.append((batch, indices, source))
+        batches.append((batch, indices, source, explicit))
         if len(batches) > _MAX_BATCHES:
             del batches[0]
 
     def _on_backward(self, tensors: Any) -> None:
-        self._guard(self._check_loss, tensors)
+        if self._refeed is None:
+            self._guard(self._check_loss, tensors)
+
+    def _refeed_batch(self) -> Any:
+        if self._refeed is None or self._closed:
+            return MISSING
+        if self._refeed.stage is Stage.TRACING:  # the loop moved on without stepping: the replay is over
+            self._guard(self._finish_refeed)
+            return MISSING
+        if self._refeed.stage is not Stage.PARKED:
+            return MISSING
+        return self._refeed.take_batch()
 
     def _pre_hook(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._guard(self._check_before_step, opt)
@@ -399,7 +427,20 @@ class Watcher:
             self._trigger(it, "loss", ("loss",))
         it.release()
 
+    def _skip_step(self, opt: torch.optim.Optimizer) -> None:
+        """Make ``opt.step()`` a no-op: optimizers leave parameters without gradients untouched (no weight,
+        state, step-count or weight-decay change)."""
+        for p in self._params(opt):
+            p.grad = None
+        self._skip.add(id(opt))
+
     def _check_before_step(self, opt: torch.optim.Optimizer) -> None:
+        if self._refeed is not None:
+            # the replay ends at the replayed step (outside any torch-function mode, unlike backward())
+            self._skip_step(opt)
+            if self._refeed.stage is Stage.TRACING:
+                self._finish_refeed()
+            return
         self._reader.poll()
         tracked = self._track(opt)
         it = self._it
@@ -422,6 +463,9 @@ class Watcher:
             return  # a GradScaler drives this step and skips it in-kernel if its gradients are non-finite
         if it.inf_loss:
             self._trigger(it, "loss", ("loss",))
+            if self._refeed is not None:
+                self._skip_step(opt)
+                return
         with_grad = [p for p in params if p.grad is not None]
         if not with_grad:
             return
@@ -431,6 +475,8 @@ class Watcher:
             [r.vector for r in readings],
             functools.partial(self._grads_ready, it, tracked, with_grad, readings),
         )
+        if self._refeed is not None:  # the gradients were the first non-finite values: replay this step
+            self._skip_step(opt)
 
     def _grads_ready(
         self,
@@ -500,6 +546,9 @@ class Watcher:
         return nonfinite_names((name(i), tensors[i]) for i in sorted(suspects))
 
     def _check_after_step(self, opt: torch.optim.Optimizer) -> None:
+        if id(opt) in self._skip:
+            self._skip.discard(id(opt))
+            return
         tracked = self._track(opt)
         it = self._it
         params = self._params(opt)
@@ -551,7 +600,64 @@ class Watcher:
                 else:
                     self._detections_dropped += 1
             return
+        if self._refeed is not None:
+            return  # the finding is parked until its replay
         obs = self._observe(it, where, names, tracked, hyperparameters)
+        if self._can_refeed(it, obs):
+            self._refeed = self._plan_refeed(it, obs)
+            return
+        self._conclude(obs)
+
+    def _can_refeed(self, it: _Iteration, obs: Observation) -> bool:
+        return (
+            self._step_fn is None
+            and obs.op is None
+            and obs.trigger in ("loss", "gradients")
+            and not obs.hyperparameters
+            and not obs.parameters_before
+            and all(scan.clean for scan in obs.batches)
+            and self._replay_note(it) is None
+        )
+
+    def _replay_inputs(self, it: _Iteration) -> tuple[Any, list[int] | None, int | None, dict[int, str]]:
+        batch, indices, _, _ = it.batches[-1]
+        index_list = (
+            None
+            if indices is None
+            else [int(i) for i in (indices if not isinstance(indices, int) else [indices])]
+        )
+        tensors = [t for _, t in iter_tensors(batch) if t.dim() >= 1]
+        size = len(index_list) if index_list is not None else (tensors[0].shape[0] if tensors else None)
+        models = self._naming.models.values()
+        names = {id(m): self._naming.module(m) or "" for model in models for m in model.modules()}
+        return batch, index_list, size, names
+
+    def _plan_refeed(self, it: _Iteration, obs: Observation) -> Refeed:
+        batch, index_list, size, names = self._replay_inputs(it)
+        assert it.rng is not None
+        _, indices, source, _ = it.batches[-1]
+        return Refeed(obs, batch, indices, source, it.rng, OpTracer(names, size), size, index_list)
+
+    def _finish_refeed(self) -> None:
+        refeed = self._refeed
+        assert refeed is not None
+        refeed.stop()
+        self._refeed = None
+        finding = refeed.tracer.finding
+        samples, whole = _samples(finding, refeed.index_list, refeed.batch_size)
+        note = (
+            None
+            if finding is not None
+            else "the failing step was replayed but no op created a NaN/Inf: the failure did not reproduce "
+            "(non-deterministic ops, or state the replay cannot restore)"
+        )
+        self._conclude(
+            replace(
+                refeed.observation, op=finding, op_samples=samples, op_whole_batch=whole, replay_note=note
+            )
+        )
+
+    def _conclude(self, obs: Observation) -> None:
         self._diagnosis = diagnose(obs)
         report = self.report()
         if self._report_path:
@@ -588,7 +694,7 @@ class Watcher:
                     named += [(self._name(t.index, params, i), p) for i, p in enumerate(params)]
             before = tuple(dict.fromkeys(before + tuple(nonfinite_names(named))))
             touched = tuple(n for n in nonfinite_names(self._all_buffers()) if n not in before)
-        scans = tuple(scan_batch(b, idx, src) for b, idx, src in it.batches)
+        scans = tuple(scan_batch(b, idx, src) for b, idx, src, _ in it.batches)
         output_finite = None if not it.output_sums else all(math.isfinite(float(v)) for v in it.output_sums)
         notes = self._optimizer_notes(tracked, names) if where == "parameters" and tracked is not None else ()
         op, op_samples, whole = None, None, False
@@ -613,37 +719,31 @@ class Watcher:
         )
 
     def _replay_note(self, it: _Iteration) -> str | None:
-        if self._step_fn is None:
-            return "no replay: pass step_fn=... to nanscope.watch to localize the op"
+        """Why the failing step cannot be replayed, or None when it can."""
         if not it.batches:
-            return "no replay: the step's batch was not seen (iterate a DataLoader or call observe_batch)"
+            return "no replay: the step's batch was not seen (iterate a DataLoader, or call observe_batch and pass step_fn=...)"
         if it is not self._it or it.rng is None:
             return "no replay: the failing step's state is gone (read late on the device; use eager=True)"
+        if self._step_fn is not None:
+            return None
+        if not isinstance(self._policy, Stop):
+            return (
+                f"no replay under policy {self._policy.name!r} (replaying changes the run): use policy 'stop', "
+                "or pass step_fn=... to nanscope.watch"
+            )
+        if it.batches[-1][3]:
+            return "no replay: the batch did not come from a DataLoader; pass step_fn=... to nanscope.watch"
         return None
 
     def _replay(self, it: _Iteration) -> tuple[OpFinding | None, tuple[int, ...] | None, bool]:
-        """Re-run the failing step under op tracing, when a step function, its batch and its state are there."""
-        if self._replay_note(it) is not None or it.rng is None or self._step_fn is None:
+        """Re-run the failing step through ``step_fn`` under op tracing (API mode)."""
+        if self._step_fn is None or self._replay_note(it) is not None or it.rng is None:
             return None, None, False
-        batch, indices, _ = it.batches[-1]
-        index_list = (
-            None
-            if indices is None
-            else [int(i) for i in (indices if not isinstance(indices, int) else [indices])]
-        )
-        tensors = [t for _, t in iter_tensors(batch) if t.dim() >= 1]
-        size = len(index_list) if index_list is not None else (tensors[0].shape[0] if tensors else None)
+        batch, index_list, size, names = self._replay_inputs(it)
         params = [
             p for t in self._tracked.values() if (o := t.optimizer()) is not None for p in self._params(o)
         ]
         buffers = [b for model in self._naming.models.values() for b in model.buffers()]
-        names = {id(m): n for model in self._naming.models.values() for n, m in model.named_modules()}
-        if len(self._naming.models) > 1:
-            names = {
-                id(m): self._naming.module(m) or ""
-                for model in self._naming.models.values()
-                for m in model.modules()
-            }
         self._replaying = True
         try:
             finding = replay(
@@ -657,12 +757,7 @@ class Watcher:
             )
         finally:
             self._replaying = False
-        rows = finding.rows if finding is not None else None
-        whole = bool(rows) and size is not None and size > 1 and len(rows or ()) == size
-        samples = None
-        if rows and index_list is not None and not whole:
-            samples = tuple(sorted({index_list[r] for r in rows}))
-        return finding, samples, whole
+        return (finding, *_samples(finding, index_list, size))
 
     def _optimizer_notes(self, tracked: _Tracked, names: tuple[str, ...]) -> tuple[Evidence, ...]:
         opt = tracked.optimizer()
@@ -698,6 +793,18 @@ class Watcher:
                     detail += "; optimizer state there: " + "; ".join(state_bits)
                 notes.append(Evidence("optimizer update", detail, {"parameter": name, "group": g, **hp}))
         return tuple(notes)
+
+
+def _samples(
+    finding: OpFinding | None, index_list: list[int] | None, size: int | None
+) -> tuple[tuple[int, ...] | None, bool]:
+    """Dataset indices of the rows the op turned non-finite, and whether that was every row (a batch-level
+    problem, e.g. statistics over the batch, rather than bad samples)."""
+    rows = finding.rows if finding is not None else None
+    whole = bool(rows) and size is not None and size > 1 and len(rows or ()) == size
+    if not rows or index_list is None or whole:
+        return None, whole
+    return tuple(sorted({index_list[r] for r in rows})), whole
 
 
 def watch(
