@@ -6,8 +6,15 @@ from torch.utils.data import DataLoader, TensorDataset
 
 SATURATING = (17, 20)
 BATCH = 8
-EXPECT = {"kind": "domain_error", "where": "loss", "phase": "loss", "step": 17 // BATCH, "op": "log",
-          "module": None, "samples": list(SATURATING)}
+EXPECT = {
+    "kind": "domain_error",
+    "where": "loss",
+    "phase": "loss",
+    "step": 17 // BATCH,
+    "op": "log",
+    "module": None,
+    "samples": list(SATURATING),
+}
 EXPECT_WARN = {"kind": "undetermined", "op": None, "samples": None}  # no replay under warn
 
 

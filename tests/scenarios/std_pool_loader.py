@@ -6,8 +6,15 @@ from torch.utils.data import DataLoader, TensorDataset
 
 CONSTANT = (5,)
 BATCH = 4
-EXPECT = {"kind": "singular_gradient", "where": "gradients", "phase": "backward", "step": 5 // BATCH,
-          "op": "sqrt", "module": "pool", "samples": list(CONSTANT)}
+EXPECT = {
+    "kind": "singular_gradient",
+    "where": "gradients",
+    "phase": "backward",
+    "step": 5 // BATCH,
+    "op": "sqrt",
+    "module": "pool",
+    "samples": list(CONSTANT),
+}
 EXPECT_WARN = {"kind": "undetermined", "op": None, "module": None, "samples": None}
 
 
