@@ -3,16 +3,24 @@ evidence: the named samples, parameter, hyperparameter and the run's own grad-no
 
 from __future__ import annotations
 
+import math
+
 from nanscope.report.model import Cause, History
 
 __all__ = ["clip_hint", "suggestions_for"]
 
 
 def clip_hint(history: History) -> str:
-    norms = sorted(v for v in history.grad_norm if v is not None and v == v and v != float("inf"))
+    """A clipping call with ``max_norm`` at 2x the typical grad norm of the run's *early* steps (the first fifth
+    of the history): in a diverging run the later norms are the problem, not the reference."""
+    norms = [v for v in history.grad_norm if v is not None and math.isfinite(v)]
     if len(norms) >= 5:
-        typical = norms[len(norms) // 2]
-        return f"torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={2 * typical:.3g}) (2x the median grad norm seen, {typical:.3g})"
+        early = sorted(norms[: max(5, len(norms) // 5)])
+        typical = early[len(early) // 2]
+        return (
+            f"torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={2 * typical:.3g}) (2x the median "
+            f"grad norm of the run's early steps, {typical:.3g})"
+        )
     return "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)"
 
 

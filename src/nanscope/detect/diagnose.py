@@ -8,12 +8,12 @@ singular_gradient, gradient_explosion) are never guessed here: without that evid
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 from nanscope.detect.advice import clip_hint, suggestions_for
 from nanscope.detect.scan import BadHyperparameter, BatchScan
 from nanscope.localize.classify import classify
+from nanscope.localize.classify import growth as fitted_growth
 from nanscope.localize.trace import OpFinding
 from nanscope.report.model import Cause, Evidence, FirstNonFinite, History, Phase, Where
 
@@ -53,16 +53,15 @@ class Diagnosis:
     suggestions: tuple[str, ...]
 
 
-def _growth(history: History, window: int = 10) -> Evidence | None:
-    norms = [v for v in history.grad_norm[-window:] if v is not None and math.isfinite(v) and v > 0]
-    if len(norms) < 3:
+def _growth(history: History) -> Evidence | None:
+    grow = fitted_growth(history)
+    if grow is None:
         return None
-    per_step = (norms[-1] / norms[0]) ** (1 / (len(norms) - 1))
+    total, per_step, steps = grow
     return Evidence(
         "grad-norm trend",
-        f"global grad norm went {norms[0]:.3g} -> {norms[-1]:.3g} over the last {len(norms)} steps "
-        f"(x{per_step:.3g} per step)",
-        {"first": norms[0], "last": norms[-1], "steps": len(norms), "factor_per_step": per_step},
+        f"global grad norm changed x{total:.3g} over the last {steps} steps (x{per_step:.3g} per step, fitted)",
+        {"factor": total, "factor_per_step": per_step, "steps": steps},
     )
 
 
@@ -206,6 +205,14 @@ def diagnose(obs: Observation) -> Diagnosis:
                     {"rows": list(op.rows)},
                 )
             )
+        elif obs.batches_tracked:
+            facts.append(
+                Evidence(
+                    "rows",
+                    "the op's output has no batch dimension (a reduction over the batch, or statistics such as "
+                    "per-class counts), so no single sample is to blame",
+                )
+            )
         if growth is not None:
             facts.append(growth)
         cause = Cause(
@@ -237,13 +244,13 @@ def diagnose(obs: Observation) -> Diagnosis:
                 evidence.append(Evidence("model output", "the model returned NaN/Inf"))
             summary = (
                 f"the loss became non-finite at step {obs.step} {where_text}, from finite inputs and weights; "
-                "the op that produced it is not localized yet"
+                "the op that produced it was not localized (no replay)"
             )
         else:
             phase = "backward"
             summary = (
                 f"the loss was finite at step {obs.step} but backward produced NaN/Inf gradients in "
-                f"{', '.join(obs.trigger_names[:5])}; the op that produced them is not localized yet"
+                f"{', '.join(obs.trigger_names[:5])}; the op that produced them was not localized (no replay)"
             )
         if growth is not None:
             evidence.append(growth)

@@ -2,8 +2,8 @@
 
 The rule when an op overflowed but the run's history shows steady growth: the practitioner should act on the
 growth (lower the LR, clip), so the kind is ``gradient_explosion`` and the summary names the overflowing op
-too. Growth means a global grad norm that rose by at least 10x over the last steps with a per-step factor
-above 1.2.
+too. Growth means a least-squares fit of log(grad norm) over the last 50 finite steps that rose at least
+100x in total, at more than 5 % a step.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from nanscope.localize.trace import OpFinding
 from nanscope.report.model import History
 
-__all__ = ["Classified", "classify", "growth"]
+__all__ = ["Classified", "classify", "exploding", "growth"]
 
 _LOGS = {"log", "log2", "log10", "log1p", "xlogy", "special_xlog1py"}
 _DIVS = {"div", "reciprocal", "true_divide", "floor_divide", "remainder", "fmod"}
@@ -43,13 +43,31 @@ class Classified:
     suggestions: tuple[str, ...]
 
 
-def growth(history: History, window: int = 10) -> tuple[float, float] | None:
-    """``(total factor, per-step factor)`` of the grad norm over the last finite ``window`` steps."""
-    norms = [v for v in history.grad_norm[-window:] if v is not None and math.isfinite(v) and v > 0]
-    if len(norms) < 4:
+def growth(history: History, window: int = 50) -> tuple[float, float, int] | None:
+    """``(total factor, per-step factor, steps)`` of the global grad norm over the last finite ``window``
+    steps, from a least-squares fit of log(norm) against the step (robust to step-to-step noise)."""
+    points = [
+        (s, math.log(v))
+        for s, v in zip(history.step[-window:], history.grad_norm[-window:], strict=False)
+        if v is not None and math.isfinite(v) and v > 0
+    ]
+    if len(points) < 8:
         return None
-    total = norms[-1] / norms[0]
-    return total, total ** (1 / (len(norms) - 1))
+    n = len(points)
+    mean_s = sum(s for s, _ in points) / n
+    mean_l = sum(v for _, v in points) / n
+    var = sum((s - mean_s) ** 2 for s, _ in points)
+    if var == 0:
+        return None
+    slope = sum((s - mean_s) * (v - mean_l) for s, v in points) / var
+    span = points[-1][0] - points[0][0]
+    return math.exp(slope * span), math.exp(slope), span
+
+
+def exploding(history: History) -> bool:
+    """Steady growth: the fitted grad norm rose at least 100x over the window, at more than 5 % a step."""
+    grow = growth(history)
+    return grow is not None and grow[0] >= 100 and grow[1] > 1.05
 
 
 def _where(f: OpFinding) -> str:
@@ -64,11 +82,11 @@ def classify(f: OpFinding, history: History) -> Classified:
     inputs_inf = any(s.nonfinite for s in f.inputs)
     where = _where(f)
     grow = growth(history)
-    exploding = grow is not None and grow[0] >= 10 and grow[1] > 1.2
+    explode = exploding(history)
     if f.phase == "backward":
         big = max((abs(v) for s in f.inputs for v in (s.min, s.max) if v is not None), default=0.0)
-        if big > 1e30 or exploding:
-            kind = "gradient_explosion" if exploding else "overflow"
+        if big > 1e30 or explode:
+            kind = "gradient_explosion" if explode else "overflow"
             return Classified(
                 kind,
                 f"backward of {where} overflowed {f.output_dtype} (inputs up to {big:.3g})",
@@ -121,7 +139,7 @@ def classify(f: OpFinding, history: History) -> Classified:
                 "weights from label frequencies, skip classes absent from the batch or use a larger batch.",
             ),
         )
-    if f.op in _ROOTS and first is not None and first.negatives:
+    if f.op in _ROOTS and first is not None and first.negatives and f.nan:
         return Classified(
             "domain_error",
             f"{where} got {first.negatives} negative values: sqrt/pow of a negative number is NaN",
@@ -157,25 +175,36 @@ def classify(f: OpFinding, history: History) -> Classified:
         )
     if f.inf or f.nan:
         text = f"{where} overflowed {f.output_dtype} from finite inputs ({f.inf} Inf, {f.nan} NaN)"
-        fixes = [
-            "Compute it in a stable form: subtract the max before exp (use torch.softmax / logsumexp), "
-            "or keep the values in range."
-        ]
+        if explode and grow is not None:
+            text += (
+                f"; before it the grad norm grew x{grow[0]:.3g} over {grow[2]} steps (x{grow[1]:.3g} per "
+                "step): the run was diverging"
+            )
+            return Classified(
+                "gradient_explosion",
+                text,
+                (
+                    f"Lower the learning rate (at least by the per-step growth, x{grow[1]:.3g}; usually 10x) or add "
+                    "warm-up, and clip gradients (torch.nn.utils.clip_grad_norm_).",
+                    "Normalize the inputs and targets: unscaled data makes the stable learning rate tiny.",
+                ),
+            )
+        fixes = []
+        if f.op in ("exp", "_softmax", "softmax", "logsumexp", "pow"):
+            fixes.append(
+                "Compute it in a stable form: subtract the max before exp (torch.softmax, "
+                "torch.logsumexp) or keep the values in range."
+            )
+        else:
+            fixes.append(
+                f"Keep the inputs of `{f.op}` in range: normalize the data, scale the weights' "
+                "initialization, or compute it in float32/float64."
+            )
         if f.output_dtype in ("float16",):
             fixes.insert(
                 0,
                 "float16 tops out at 65504: train in bfloat16, or keep this op in float32 "
                 "(autocast does for softmax/exp-like ops), with torch.amp.GradScaler for the loss.",
-            )
-        if exploding and grow is not None:
-            text += f"; before it the grad norm grew x{grow[0]:.3g} (x{grow[1]:.3g} per step)"
-            return Classified(
-                "gradient_explosion",
-                text,
-                (
-                    "Lower the learning rate by the growth factor and clip gradients (clip_grad_norm_).",
-                    *fixes,
-                ),
             )
         return Classified("overflow", text, tuple(fixes))
     return Classified("domain_error", f"{where} produced non-finite values from finite inputs", ())

@@ -488,12 +488,20 @@ class Watcher:
     ) -> None:
         it.pending -= 1
         sq = math.fsum(r.evaluate(h)[0] for r, h in zip(readings, hosts, strict=True))
-        it.grad_sq = sq if it.grad_sq is None else it.grad_sq + sq
         if not math.isfinite(sq):
             name = functools.partial(self._name, tracked.index, params)
-            bad = self._confirm([p.grad for p in params], name, readings, hosts)
+            grads = [p.grad for p in params]
+            bad = self._confirm(grads, name, readings, hosts)
             if bad:
+                it.grad_sq = sq
                 self._trigger(it, "gradients", tuple(bad))
+                it.release()
+                return
+            # finite gradients whose float32 squares overflowed: measure the norm exactly for the history
+            sq = math.fsum(
+                float(torch.linalg.vector_norm(g, dtype=torch.float64)) ** 2 for g in grads if g is not None
+            )
+        it.grad_sq = sq if it.grad_sq is None else it.grad_sq + sq
         it.release()
 
     def _all_buffers(self) -> list[tuple[str, torch.Tensor]]:
