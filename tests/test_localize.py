@@ -213,3 +213,39 @@ def test_replay_reproduces_dropout_masks():
         lambda b: seen.append(drop(b)), x, start=start, params=[], buffers=[], module_names={}, batch_size=1
     )
     assert torch.equal(seen[0], first)
+
+
+def test_a_forward_nan_hidden_by_where_is_traced_to_its_forward_origin():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 3)
+    x = torch.randn(4, 3)
+
+    def loss_fn(m, b):
+        h = m(b[0])
+        safe = torch.where(h > 0, torch.sqrt(h), torch.zeros_like(h))  # sqrt(<0) = NaN, masked out
+        return safe.sum()
+
+    report = run(model, [(x, None)], loss_fn)
+    assert report.first_nonfinite.where == "gradients"  # the loss was finite; the NaN re-emerged in backward
+    cause = report.cause
+    assert (cause.kind, cause.op, cause.phase) == ("domain_error", "sqrt", "loss")
+    assert "negative" in cause.summary
+
+
+def test_a_harmless_log_mask_is_not_blamed_for_the_row_that_is_all_masked():
+    torch.manual_seed(0)
+    q = nn.Linear(4, 4)
+    x = torch.randn(2, 3, 4)
+    keep = torch.ones(2, 3, 3)
+    keep[:, :, 2] = 0.0
+    keep[0, 1, :] = 0.0  # one query with nothing to attend to
+
+    def loss_fn(m, b):
+        h = m(b[0])
+        scores = h @ h.transpose(1, 2) + torch.log(b[1])  # the "log of a 0/1 mask" trick: -inf where 0
+        return (torch.softmax(scores, -1) @ h).pow(2).mean()
+
+    report = run(q, [(x, keep)], loss_fn)
+    cause = report.cause
+    assert (cause.kind, cause.op) == ("domain_error", "_softmax")
+    assert cause.samples == (0,)

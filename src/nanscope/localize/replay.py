@@ -50,6 +50,8 @@ def replay(
     buffers: Sequence[torch.Tensor],
     module_names: dict[int, str],
     batch_size: int | None,
+    trigger: str = "loss",
+    loss_nan: bool = True,
 ) -> OpFinding | None:
     """Run ``step_fn(batch)`` from RNG state ``start`` under an :class:`OpTracer`; restore everything after."""
     grads = [p.grad for p in params]
@@ -69,4 +71,4 @@ def replay(
             for b, s in zip(buffers, saved_buffers, strict=True):
                 b.copy_(s)
         now.restore()
-    return tracer.finding
+    return tracer.pick(trigger, loss_nan)

@@ -31,6 +31,7 @@ __all__ = ["OpFinding", "OpTracer", "TensorStats"]
 
 _SKIP_DIRS = (os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(__file__)))
 # ops that only alias or allocate (uninitialized memory may hold anything); casts and copies are traced
+_ABSORBS_INF = {"_softmax", "softmax", "_log_softmax", "log_softmax", "logsumexp", "_safe_softmax"}
 _QUIET = {
     "detach",
     "alias",
@@ -157,7 +158,7 @@ class _Origins(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
         tracer = self._tracer
-        if tracer.finding is None and torch.is_grad_enabled():
+        if torch.is_grad_enabled():
             for t in _tensors(out):
                 node = t.grad_fn
                 if node is not None and node not in tracer.origin:
@@ -170,7 +171,8 @@ class OpTracer(TorchDispatchMode):
 
     def __init__(self, module_names: dict[int, str], batch_size: int | None) -> None:
         super().__init__()
-        self.finding: OpFinding | None = None
+        self.origins: dict[str, OpFinding] = {}  # first "forward_inf", "forward_nan" and "backward" origins
+        self._order: dict[str, int] = {}
         self._names = module_names
         self._batch = batch_size
         self.stack: list[str] = []
@@ -210,7 +212,7 @@ class OpTracer(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if self.finding is not None or _base_name(func) in _QUIET:
+        if len(self.origins) == 3 or _base_name(func) in _QUIET:
             return out
         node = torch._C._current_autograd_node()
         outs = [t for t in _tensors(out) if t.is_floating_point()]
@@ -224,8 +226,39 @@ class OpTracer(TorchDispatchMode):
         intentional = any(not math.isfinite(v) for v in _scalars((args, tuple(kwargs.values()))))
         if intentional or not (in_finite or (out_nan and not in_nan)):
             return out
-        self.finding = self._describe(func, node, ins, bad)
+        key = "backward" if node is not None else ("forward_nan" if out_nan else "forward_inf")
+        if key not in self.origins:
+            self.origins[key] = self._describe(func, node, ins, bad)
+            self._order[key] = len(self._order)
         return out
+
+    def pick(self, trigger: str, loss_nan: bool) -> OpFinding | None:
+        """The origin that explains the trigger, ignoring infinities that never caused it.
+
+        An infinite loss is explained by the first op that made an Inf in forward or loss. A NaN is explained
+        by the first op that made a NaN, unless that op only combined infinities made earlier (inf / inf,
+        inf - inf): then the op that made the infinity is the origin. A softmax over an all ``-inf`` row is
+        the exception, since ``-inf`` masks are legitimate input to a softmax until a row is entirely masked.
+        Non-finite gradients from a finite loss: the first op that went non-finite in backward or, when every
+        backward NaN came from a value saved in forward (a masked-out ``sqrt(-1)``), that forward origin.
+        """
+        o = self.origins
+        if trigger == "gradients" and "backward" in o:
+            return o["backward"]
+        if trigger != "gradients" and not loss_nan:
+            return o.get("forward_inf") or o.get("forward_nan") or o.get("backward")
+        nan, inf = o.get("forward_nan"), o.get("forward_inf")
+        if nan is not None:
+            derived = any(s.nonfinite for s in nan.inputs) and nan.op not in _ABSORBS_INF
+            if inf is not None and derived and self._order["forward_inf"] < self._order["forward_nan"]:
+                return inf
+            return nan
+        return inf or o.get("backward")
+
+    @property
+    def finding(self) -> OpFinding | None:
+        """The first origin of any kind (forward before backward)."""
+        return self.pick("loss", loss_nan=True)
 
     def _describe(self, func: Any, node: Any, ins: list[torch.Tensor], bad: list[torch.Tensor]) -> OpFinding:
         aten = _base_name(func)

@@ -40,6 +40,7 @@ class Refeed:
     tracer: OpTracer
     batch_size: int | None
     index_list: list[int] | None
+    loss_nan: bool
     stage: Stage = Stage.PARKED
     entered: bool = field(default=False)
 

@@ -644,14 +644,16 @@ class Watcher:
         batch, index_list, size, names = self._replay_inputs(it)
         assert it.rng is not None
         _, indices, source, _ = it.batches[-1]
-        return Refeed(obs, batch, indices, source, it.rng, OpTracer(names, size), size, index_list)
+        return Refeed(
+            obs, batch, indices, source, it.rng, OpTracer(names, size), size, index_list, _loss_nan(it)
+        )
 
     def _finish_refeed(self) -> None:
         refeed = self._refeed
         assert refeed is not None
         refeed.stop()
         self._refeed = None
-        finding = refeed.tracer.finding
+        finding = refeed.tracer.pick(refeed.observation.trigger, refeed.loss_nan)
         samples, whole = _samples(finding, refeed.index_list, refeed.batch_size)
         note = (
             None
@@ -707,7 +709,7 @@ class Watcher:
         notes = self._optimizer_notes(tracked, names) if where == "parameters" and tracked is not None else ()
         op, op_samples, whole = None, None, False
         if where in ("loss", "gradients") and not hps and not before and all(scan.clean for scan in scans):
-            op, op_samples, whole = self._replay(it)
+            op, op_samples, whole = self._replay(it, where)
         return Observation(
             step=it.step,
             trigger=where,
@@ -743,10 +745,13 @@ class Watcher:
             return "no replay: the batch did not come from a DataLoader; pass step_fn=... to nanscope.watch"
         return None
 
-    def _replay(self, it: _Iteration) -> tuple[OpFinding | None, tuple[int, ...] | None, bool]:
+    def _replay(
+        self, it: _Iteration, it_trigger: str
+    ) -> tuple[OpFinding | None, tuple[int, ...] | None, bool]:
         """Re-run the failing step through ``step_fn`` under op tracing (API mode)."""
         if self._step_fn is None or self._replay_note(it) is not None or it.rng is None:
             return None, None, False
+        loss_nan = _loss_nan(it)
         batch, index_list, size, names = self._replay_inputs(it)
         params = [
             p for t in self._tracked.values() if (o := t.optimizer()) is not None for p in self._params(o)
@@ -762,6 +767,8 @@ class Watcher:
                 buffers=buffers,
                 module_names=names,
                 batch_size=size,
+                trigger=it_trigger,
+                loss_nan=loss_nan,
             )
         finally:
             self._replaying = False
@@ -801,6 +808,12 @@ class Watcher:
                     detail += "; optimizer state there: " + "; ".join(state_bits)
                 notes.append(Evidence("optimizer update", detail, {"parameter": name, "group": g, **hp}))
         return tuple(notes)
+
+
+def _loss_nan(it: _Iteration) -> bool:
+    """Whether the iteration's non-finite loss is a NaN (True also when no scalar loss was seen)."""
+    bad = [v for v in it.losses if not math.isfinite(v)]
+    return not bad or any(math.isnan(v) for v in bad)
 
 
 def _samples(
