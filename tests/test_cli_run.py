@@ -25,7 +25,7 @@ def test_zero_code_run_diagnoses_each_fault(name, tmp_path):
     out = tmp_path / "report.json"
     result = nanscope("run", "--json", str(out), str(SCENARIOS / f"{name}.py"))
     assert result.returncode == 3, result.stderr
-    check(loads(out.read_text()), load(name).EXPECT)
+    check(loads(out.read_text()), load(name).EXPECT, name)
     assert "nanscope report" in result.stderr
 
 

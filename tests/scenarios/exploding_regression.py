@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-EXPECT = {"kind": "gradient_explosion", "where": "loss", "phase": "loss", "min_step": 10, "op": "mse_loss"}
+EXPECT = {"kind": "gradient_explosion", "where": "loss", "phase": "loss", "step": "oracle", "op": "mse_loss"}
 EXPECT_WARN = {"kind": "undetermined", "op": None}
 
 
