@@ -1,8 +1,10 @@
 """Time to diagnosis on every faulty scenario of the zoo, as a multiple of one ordinary step of that scenario.
 
-The scenario runs under ``policy="warn"`` so that it goes on after the diagnosis; an ordinary step is the
-median interval between consecutive ``optimizer.step()`` completions other than the one around the diagnosis,
-and the time to diagnosis is the time spent in the watcher from the trigger to the finished report.
+An ordinary step is the median interval between consecutive ``optimizer.step()`` completions in a run under
+``policy="warn"`` (which goes on after the NaN). The time to diagnosis comes from a run under ``policy="stop"``:
+from the first trigger to the ``NonFiniteError`` reaching the script, so it includes the exact checks and,
+where the step is replayed (op-level kinds), the rest of the failing step and the whole replayed step under
+op tracing. The extra peak memory is the rise of the process's peak RSS (VmHWM) over that interval.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class DiagnosisTiming:
     kind: str
     step_seconds: float
     diagnosis_seconds: float
+    replayed: bool
+    peak_rise_mib: float
 
     @property
     def ratio(self) -> float:
@@ -37,40 +41,68 @@ def _optimizers(opt: object) -> list:
     return list(opt) if isinstance(opt, (list, tuple)) else [opt]
 
 
-def _one_round(name: str, module: object) -> DiagnosisTiming:
-    model, optimizer, train = module.setup()  # type: ignore[attr-defined]
-    spent: list[float] = []
-    stamps: list[float] = []
-    original = watcher_module.Watcher._trigger
+def _peak_mib() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
-    def timed(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        first = self._diagnosis is None
-        start = time.perf_counter()
-        try:
-            return original(self, *args, **kwargs)
-        finally:
-            if first:
-                spent.append(time.perf_counter() - start)
+
+def _step_seconds(module: object) -> float:
+    model, optimizer, train = module.setup()  # type: ignore[attr-defined]
+    stamps: list[float] = []
 
     def stamp(*args: object) -> None:
         stamps.append(time.perf_counter())
 
     handles = [o.register_step_post_hook(stamp) for o in _optimizers(optimizer)]
-    watcher_module.Watcher._trigger = timed  # type: ignore[method-assign]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with nanscope.watch(model, optimizer, policy="warn") as watcher:
+            with nanscope.watch(model, optimizer, policy="warn"):
                 train()
     finally:
-        watcher_module.Watcher._trigger = original  # type: ignore[method-assign]
         for h in handles:
             h.remove()
-    report = watcher.close()
     per_iteration = len(_optimizers(optimizer))
     ends = stamps[per_iteration - 1 :: per_iteration]
-    step = statistics.median(b - a for a, b in zip(ends, ends[1:], strict=False))
-    return DiagnosisTiming(name, report.cause.kind if report.cause else "-", step, spent[0])
+    return statistics.median(b - a for a, b in zip(ends, ends[1:], strict=False))
+
+
+def _one_round(name: str, module: object) -> DiagnosisTiming:
+    model, optimizer, train = module.setup()  # type: ignore[attr-defined]
+    started: list[float] = []
+    peak: list[float] = []
+    original = watcher_module.Watcher._trigger
+
+    def timed(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not started:
+            peak.append(_peak_mib())
+            started.append(time.perf_counter())
+        return original(self, *args, **kwargs)
+
+    watcher_module.Watcher._trigger = timed  # type: ignore[method-assign]
+    try:
+        with nanscope.watch(model, optimizer) as watcher:
+            train()
+    except nanscope.NonFiniteError as exc:
+        ended = time.perf_counter()
+        report = exc.report
+    else:
+        raise AssertionError(f"{name} did not stop")
+    finally:
+        watcher_module.Watcher._trigger = original  # type: ignore[method-assign]
+    del watcher
+    replayed = report.cause is not None and report.cause.op is not None
+    return DiagnosisTiming(
+        name,
+        report.cause.kind if report.cause else "-",
+        _step_seconds(module),
+        ended - started[0],
+        replayed,
+        _peak_mib() - peak[0],
+    )
 
 
 def measure(name: str, rounds: int = 5) -> DiagnosisTiming:

@@ -271,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{d.step_seconds * 1e3:.3f}",
                     f"{d.diagnosis_seconds * 1e3:.3f}",
                     f"{d.ratio:.1f}",
+                    "yes" if d.replayed else "no",
+                    f"{d.peak_rise_mib:+.1f}",
                 ]
             )
         out += [
@@ -280,7 +282,18 @@ def main(argv: list[str] | None = None) -> int:
             "",
             diagnosis.__doc__.split("\n\n")[1].replace("\n", " "),
             "",
-            *table(["scenario", "kind", "step (ms)", "diagnosis (ms)", "x step"], diag_rows),
+            *table(
+                [
+                    "scenario",
+                    "kind",
+                    "step (ms)",
+                    "diagnosis (ms)",
+                    "x step",
+                    "replayed",
+                    "peak RSS rise (MiB)",
+                ],
+                diag_rows,
+            ),
             "",
         ]
 
