@@ -249,3 +249,22 @@ def test_a_harmless_log_mask_is_not_blamed_for_the_row_that_is_all_masked():
     cause = report.cause
     assert (cause.kind, cause.op) == ("domain_error", "_softmax")
     assert cause.samples == (0,)
+
+
+def test_gradient_explosion_names_the_growth_and_the_fastest_growing_layers():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "scenarios"))
+    import exploding_regression
+
+    model, optimizer, train = exploding_regression.setup()
+    with pytest.raises(nanscope.NonFiniteError) as info, nanscope.watch(model, optimizer):
+        train()
+    cause = info.value.report.cause
+    assert cause.kind == "gradient_explosion"
+    trend = next(e for e in cause.evidence if e.label == "grad-norm trend")
+    assert trend.data["factor"] >= 100
+    layers = next(e for e in cause.evidence if e.label == "fastest-growing gradients")
+    assert {entry["parameter"] for entry in layers.data["layers"]} == {"weight", "bias"}
+    assert "Lower the learning rate" in info.value.report.suggestions[0]

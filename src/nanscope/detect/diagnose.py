@@ -44,6 +44,9 @@ class Observation:
     op_samples: tuple[int, ...] | None = None  # dataset indices of the rows the op turned non-finite
     replay_note: str | None = None  # why there was no replay, if there was none
     op_whole_batch: bool = False  # every row went non-finite: a property of the batch, not of samples
+    layer_growth: tuple[
+        tuple[str, float, float], ...
+    ] = ()  # (parameter, first, last grad norm), fastest first
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,17 @@ def _growth(history: History) -> Evidence | None:
         "grad-norm trend",
         f"global grad norm changed x{total:.3g} over the last {steps} steps (x{per_step:.3g} per step, fitted)",
         {"factor": total, "factor_per_step": per_step, "steps": steps},
+    )
+
+
+def _layers(layers: tuple[tuple[str, float, float], ...]) -> Evidence:
+    text = ", ".join(
+        f"{name} x{last / first:.3g} ({first:.3g} -> {last:.3g})" for name, first, last in layers
+    )
+    return Evidence(
+        "fastest-growing gradients",
+        f"over the last steps: {text}",
+        {"layers": [{"parameter": n, "first": f, "last": last} for n, f, last in layers]},
     )
 
 
@@ -215,6 +229,8 @@ def diagnose(obs: Observation) -> Diagnosis:
             )
         if growth is not None:
             facts.append(growth)
+        if found.kind == "gradient_explosion" and obs.layer_growth:
+            facts.append(_layers(obs.layer_growth))
         cause = Cause(
             kind=found.kind,
             phase=op.phase,

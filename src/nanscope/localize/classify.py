@@ -51,7 +51,7 @@ def growth(history: History, window: int = 50) -> tuple[float, float, int] | Non
         for s, v in zip(history.step[-window:], history.grad_norm[-window:], strict=False)
         if v is not None and math.isfinite(v) and v > 0
     ]
-    if len(points) < 8:
+    if len(points) < 4:
         return None
     n = len(points)
     mean_s = sum(s for s, _ in points) / n

@@ -38,13 +38,20 @@ class Reading:
     norms: int
     squares: bool
 
-    def evaluate(self, host: torch.Tensor) -> tuple[float, list[int]]:
-        """``(sum of squares, suspects)``: suspects are the positions whose value is NaN/Inf."""
+    def evaluate(self, host: torch.Tensor) -> tuple[float, list[int], list[float]]:
+        """``(sum of squares, suspects, values)``: suspects are the positions whose value is NaN/Inf."""
         values = host.tolist()
         head = values[: self.norms]
         total = math.fsum(v * v for v in head) + (math.fsum(values[self.norms :]) if self.squares else 0.0)
         suspects = [p for p, v in zip(self.positions, values, strict=True) if not math.isfinite(v)]
-        return total, suspects
+        return total, suspects, values
+
+    def l2_norms(self, values: list[float]) -> list[tuple[int, float]]:
+        """``(position, L2 norm)`` for a gradient reading's values (squared entries are square-rooted)."""
+        return [
+            (p, v if i < self.norms else math.sqrt(abs(v)))
+            for i, (p, v) in enumerate(zip(self.positions, values, strict=True))
+        ]
 
 
 def _groups(tensors: Sequence[torch.Tensor]) -> dict[torch.device, dict[torch.dtype, list[int]]]:

@@ -51,6 +51,7 @@ __all__ = ["Watcher", "watch"]
 
 _MAX_BATCHES = 8
 _MAX_DETECTIONS = 100
+_LAYER_WINDOW = 32
 
 
 @dataclass(eq=False)
@@ -161,6 +162,10 @@ class Watcher:
         self._hooked_roots: set[int] = set()
         self._handles: list[RemovableHandle] = []
         self._history: deque[_Iteration] = deque(maxlen=history)
+        # per-tensor grad norms of the last steps, as read (references only): which layers grew fastest
+        self._layer_norms: deque[tuple[int, list[torch.Tensor], list[Reading], list[list[float]]]] = deque(
+            maxlen=_LAYER_WINDOW
+        )
         self._dropped = 0
         self._it = _Iteration(step=0)
         self._diagnosis: Diagnosis | None = None
@@ -487,7 +492,9 @@ class Watcher:
         hosts: list[torch.Tensor],
     ) -> None:
         it.pending -= 1
-        sq = math.fsum(r.evaluate(h)[0] for r, h in zip(readings, hosts, strict=True))
+        evaluated = [r.evaluate(h) for r, h in zip(readings, hosts, strict=True)]
+        sq = math.fsum(e[0] for e in evaluated)
+        self._layer_norms.append((it.step, params, readings, [e[2] for e in evaluated]))
         if not math.isfinite(sq):
             name = functools.partial(self._name, tracked.index, params)
             grads = [p.grad for p in params]
@@ -726,7 +733,21 @@ class Watcher:
             op_samples=op_samples,
             op_whole_batch=whole,
             replay_note=self._replay_note(it),
+            layer_growth=self._layer_growth(),
         )
+
+    def _layer_growth(self, top: int = 3) -> tuple[tuple[str, float, float], ...]:
+        """The parameters whose gradient norm grew the most over the last finite steps: ``(name, first, last)``."""
+        by_name: dict[str, list[float]] = {}
+        for _, params, readings, values in self._layer_norms:
+            for reading, vals in zip(readings, values, strict=True):
+                for position, norm in reading.l2_norms(vals):
+                    if math.isfinite(norm) and norm > 0:
+                        name = self._naming.param(params[position], f"params[{position}]")
+                        by_name.setdefault(name, []).append(norm)
+        growth = [(name, v[0], v[-1]) for name, v in by_name.items() if len(v) >= 4]
+        growth.sort(key=lambda g: g[2] / g[1], reverse=True)
+        return tuple(g for g in growth[:top] if g[2] > g[1])
 
     def _replay_note(self, it: _Iteration) -> str | None:
         """Why the failing step cannot be replayed, or None when it can."""
