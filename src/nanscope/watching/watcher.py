@@ -78,7 +78,7 @@ class _Iteration:
 
     def release(self) -> None:
         if self.done and self.pending == 0:
-            self.batches, self.output_sums = [], []
+            self.batches, self.output_sums, self.rng = [], [], None
 
 
 @dataclass(eq=False)
