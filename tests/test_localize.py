@@ -268,3 +268,38 @@ def test_gradient_explosion_names_the_growth_and_the_fastest_growing_layers():
     layers = next(e for e in cause.evidence if e.label == "fastest-growing gradients")
     assert {entry["parameter"] for entry in layers.data["layers"]} == {"weight", "bias"}
     assert "Lower the learning rate" in info.value.report.suggestions[0]
+
+
+def test_zero_code_replay_waits_for_the_training_loader_not_a_validation_loader():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x = 0.1 * torch.randn(16, 4)
+    x[13] = torch.tensor(
+        [-200.0, 200.0, 0.0, 0.0]
+    )  # saturates the softmax: log(0), in the epoch's last batch
+    y = torch.zeros(16, dtype=torch.long)
+    train_loader = DataLoader(TensorDataset(x, y), batch_size=4)
+    val_loader = DataLoader(
+        TensorDataset(torch.full((8, 4), 7.0), torch.zeros(8, dtype=torch.long)), batch_size=4
+    )
+    model = nn.Linear(4, 3)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(3, 4))
+        model.bias.zero_()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    seen_by_validation = []
+    with pytest.raises(nanscope.NonFiniteError) as info, nanscope.watch(model, optimizer):
+        for _ in range(2):
+            for xb, yb in train_loader:
+                p = torch.softmax(model(xb), 1)
+                loss = -torch.log(p[torch.arange(len(yb)), yb]).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            with torch.no_grad():
+                for xb, _ in val_loader:
+                    seen_by_validation.append(xb)
+    assert all(bool((b == 7.0).all()) for b in seen_by_validation)  # validation got its own batches
+    cause = info.value.report.cause
+    assert (cause.kind, cause.op, cause.samples) == ("domain_error", "log", (13,))
+    assert info.value.report.first_nonfinite.step == 3

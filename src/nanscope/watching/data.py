@@ -47,15 +47,16 @@ def _source(it: Any) -> str:
 
 def patched_next(
     original: Callable[[Any], Any],
-    sink: Callable[[Any, Any, str], None],
-    refeed: Callable[[], Any] | None = None,
+    sink: Callable[[Any, Any, str, Any], None],
+    refeed: Callable[[Any], Any] | None = None,
 ) -> Callable[[Any], Any]:
-    """``refeed()`` may return a batch to hand out again instead of the next one (replay), else ``MISSING``."""
+    """``refeed(dataset)`` may return a batch to hand out again instead of the next one (replay), else
+    ``MISSING``; ``sink(batch, indices, source, dataset)`` learns of every batch."""
 
     @functools.wraps(original)
     def __next__(it: Any) -> Any:
         if refeed is not None:
-            again = refeed()
+            again = refeed(getattr(it, "_dataset", None))
             if again is not MISSING:
                 return again
         task_info = getattr(it, "_task_info", None)
@@ -72,7 +73,7 @@ def patched_next(
                         indices = found
             else:
                 indices = record.pop("last", MISSING)
-            sink(batch, None if indices is MISSING else indices, _source(it))
+            sink(batch, None if indices is MISSING else indices, _source(it), getattr(it, "_dataset", None))
         except Exception as exc:
             warnings.warn(f"nanscope could not track a batch: {exc!r}", InternalErrorWarning, stacklevel=2)
         return batch

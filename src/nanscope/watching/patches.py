@@ -60,14 +60,14 @@ def _patched_optimizer_init(original: Callable[..., Any]) -> Callable[..., Any]:
     return __init__
 
 
-def _on_batch(batch: Any, indices: Any, source: str) -> None:
+def _on_batch(batch: Any, indices: Any, source: str, dataset: Any) -> None:
     for watcher in tuple(_watchers):
-        watcher._on_batch(batch, indices, source)
+        watcher._on_batch(batch, indices, source, dataset)
 
 
-def _refeed() -> Any:
+def _refeed(dataset: Any) -> Any:
     for watcher in tuple(_watchers):
-        batch = watcher._refeed_batch()
+        batch = watcher._refeed_batch(dataset)
         if batch is not _data.MISSING:
             return batch
     return _data.MISSING

@@ -36,6 +36,7 @@ class Refeed:
     batch: Any
     indices: Any
     source: str
+    dataset: Any  # the failing batch is handed out again only by a loader over this Dataset
     rng: RngState
     tracer: OpTracer
     batch_size: int | None

@@ -62,12 +62,10 @@ class _Iteration:
     losses: list[float] = field(default_factory=list)
     grad_sq: float | None = None
     lr: float | None = None
-    batches: list[tuple[Any, Any, str, bool]] = field(
-        default_factory=list
-    )  # batch, indices, source, explicit
-    output_sums: list[torch.Tensor] = field(
-        default_factory=list
-    )  # 0-d, on the device; read only on a trigger
+    # batch, indices, source, and the Dataset it came from (None for observe_batch)
+    batches: list[tuple[Any, Any, str, Any]] = field(default_factory=list)
+    # one 0-d sum per training forward, on the device; read only after a trigger
+    output_sums: list[torch.Tensor] = field(default_factory=list)
     pending: int = 0
     done: bool = False
     forward_checked: bool = False
@@ -246,7 +244,7 @@ class Watcher:
 
         ``indices`` are the dataset indices of the batch rows, so a report can name the culprit samples.
         """
-        self._on_batch(batch, indices, source, explicit=True)
+        self._on_batch(batch, indices, source, None, explicit=True)
 
     @property
     def step(self) -> int:
@@ -375,11 +373,11 @@ class Watcher:
             ]
         self._it.output_sums = (self._it.output_sums + sums)[-4:]
 
-    def _on_batch(self, batch: Any, indices: Any, source: str, explicit: bool = False) -> None:
+    def _on_batch(self, batch: Any, indices: Any, source: str, dataset: Any, explicit: bool = False) -> None:
         if self._closed or self._replaying or (not self._track_data and not explicit):
             return
         batches = self._it.batches
-        batches.append((batch, indices, source, explicit))
+        batches.append((batch, indices, source, dataset))
         if len(batches) > _MAX_BATCHES:
             del batches[0]
 
@@ -387,13 +385,15 @@ class Watcher:
         if self._refeed is None:
             self._guard(self._check_loss, tensors)
 
-    def _refeed_batch(self) -> Any:
+    def _refeed_batch(self, dataset: Any) -> Any:
+        """The failing batch again, for the next ``next()`` on a loader of the same Dataset (not, say, a
+        validation loader that runs in between)."""
         if self._refeed is None or self._closed:
             return MISSING
         if self._refeed.stage is Stage.TRACING:  # the loop moved on without stepping: the replay is over
             self._guard(self._finish_refeed)
             return MISSING
-        if self._refeed.stage is not Stage.PARKED:
+        if self._refeed.stage is not Stage.PARKED or dataset is not self._refeed.dataset:
             return MISSING
         return self._refeed.take_batch()
 
@@ -650,9 +650,18 @@ class Watcher:
     def _plan_refeed(self, it: _Iteration, obs: Observation) -> Refeed:
         batch, index_list, size, names = self._replay_inputs(it)
         assert it.rng is not None
-        _, indices, source, _ = it.batches[-1]
+        _, indices, source, dataset = it.batches[-1]
         return Refeed(
-            obs, batch, indices, source, it.rng, OpTracer(names, size), size, index_list, _loss_nan(it)
+            obs,
+            batch,
+            indices,
+            source,
+            dataset,
+            it.rng,
+            OpTracer(names, size),
+            size,
+            index_list,
+            _loss_nan(it),
         )
 
     def _finish_refeed(self) -> None:
@@ -762,7 +771,7 @@ class Watcher:
                 f"no replay under policy {self._policy.name!r} (replaying changes the run): use policy 'stop', "
                 "or pass step_fn=... to nanscope.watch"
             )
-        if it.batches[-1][3]:
+        if it.batches[-1][3] is None:
             return "no replay: the batch did not come from a DataLoader; pass step_fn=... to nanscope.watch"
         return None
 
