@@ -1,0 +1,339 @@
+"""The watcher's slow path: from a tripped check to a diagnosis, with a replay of the step when one helps.
+
+``Triage`` is mixed into :class:`~nanscope.watching.watcher.Watcher`; it runs only after an always-on check
+saw a non-finite value. It gathers an :class:`~nanscope.detect.diagnose.Observation` (exact checks of weights,
+hyperparameters and the step's batches), decides whether the step is replayed (``step_fn`` at once, or the
+script's own loop via :mod:`nanscope.watching.refeed`), and concludes: diagnose, report, act per policy.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from nanscope.detect.diagnose import Observation, diagnose
+from nanscope.detect.scan import (
+    BadHyperparameter,
+    iter_tensors,
+    nonfinite_hyperparameters,
+    nonfinite_names,
+    scan_batch,
+)
+from nanscope.errors import NonFiniteError, NonFiniteWarning
+from nanscope.localize.replay import replay
+from nanscope.localize.trace import OpFinding, OpTracer
+from nanscope.recover.policy import Action, Stop
+from nanscope.report import json as report_json
+from nanscope.report.model import Detection, Evidence, Where
+from nanscope.watching.refeed import Refeed
+from nanscope.watching.state import Iteration, Tracked
+
+if TYPE_CHECKING:
+    from collections import deque
+    from collections.abc import Callable, Sequence
+
+    from nanscope.detect.diagnose import Diagnosis
+    from nanscope.recover.policy import Policy
+    from nanscope.report.model import Report
+    from nanscope.watching.discovery import Naming
+    from nanscope.watching.probes import Reading
+
+__all__ = ["Triage"]
+
+_MAX_DETECTIONS = 100
+
+
+class Triage:
+    """Diagnosis and replay methods of the watcher (see the module docstring).
+
+    The state and the hot-path helpers it reads are the watcher's; they are declared here for type checking.
+    """
+
+    _naming: Naming
+    _policy: Policy
+    _step_fn: Callable[[Any], object] | None
+    _report_path: str | None
+    _tracked: dict[int, Tracked]
+    _it: Iteration
+    _refeed: Refeed | None
+    _diagnosis: Diagnosis | None
+    _detections: list[Detection]
+    _detections_dropped: int
+    _stopped: bool
+    _replaying: bool
+    _layer_norms: deque[tuple[int, list[torch.Tensor], list[Reading], list[list[float]]]]
+
+    def report(self) -> Report:
+        raise NotImplementedError
+
+    def _params(self, opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def _name(self, opt_index: int, params: Sequence[torch.Tensor], i: int) -> str:
+        raise NotImplementedError
+
+    def _all_buffers(self) -> list[tuple[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def _trigger(
+        self,
+        it: Iteration,
+        where: Where,
+        names: tuple[str, ...],
+        *,
+        tracked: Tracked | None = None,
+        hyperparameters: tuple[BadHyperparameter, ...] | None = None,
+    ) -> None:
+        if self._diagnosis is not None:
+            seen = (self._diagnosis.first.step, *(d.step for d in self._detections[-1:]))
+            if it.step not in seen:
+                if len(self._detections) < _MAX_DETECTIONS:
+                    self._detections.append(Detection(it.step, where))
+                else:
+                    self._detections_dropped += 1
+            return
+        if self._refeed is not None:
+            return  # the finding is parked until its replay
+        obs = self._observe(it, where, names, tracked, hyperparameters)
+        if self._can_refeed(it, obs):
+            self._refeed = self._plan_refeed(it, obs)
+            return
+        self._conclude(obs)
+
+    def _can_refeed(self, it: Iteration, obs: Observation) -> bool:
+        return (
+            self._step_fn is None
+            and obs.op is None
+            and obs.trigger in ("loss", "gradients")
+            and not obs.hyperparameters
+            and not obs.parameters_before
+            and all(scan.clean for scan in obs.batches)
+            and self._replay_note(it) is None
+        )
+
+    def _replay_inputs(self, it: Iteration) -> tuple[Any, list[int] | None, int | None, dict[int, str]]:
+        batch, indices, _, _ = it.batches[-1]
+        index_list = (
+            None
+            if indices is None
+            else [int(i) for i in (indices if not isinstance(indices, int) else [indices])]
+        )
+        tensors = [t for _, t in iter_tensors(batch) if t.dim() >= 1]
+        size = len(index_list) if index_list is not None else (tensors[0].shape[0] if tensors else None)
+        models = self._naming.models.values()
+        names = {id(m): self._naming.module(m) or "" for model in models for m in model.modules()}
+        return batch, index_list, size, names
+
+    def _plan_refeed(self, it: Iteration, obs: Observation) -> Refeed:
+        batch, index_list, size, names = self._replay_inputs(it)
+        assert it.rng is not None
+        _, indices, source, dataset = it.batches[-1]
+        return Refeed(
+            obs,
+            batch,
+            indices,
+            source,
+            dataset,
+            it.rng,
+            OpTracer(names, size),
+            size,
+            index_list,
+            _loss_nan(it),
+        )
+
+    def _finish_refeed(self) -> None:
+        refeed = self._refeed
+        assert refeed is not None
+        refeed.stop()
+        self._refeed = None
+        finding = refeed.tracer.pick(refeed.observation.trigger, refeed.loss_nan)
+        samples, whole = _samples(finding, refeed.index_list, refeed.batch_size)
+        note = (
+            None
+            if finding is not None
+            else "the failing step was replayed but no op created a NaN/Inf: the failure did not reproduce "
+            "(non-deterministic ops, or state the replay cannot restore)"
+        )
+        self._conclude(
+            replace(
+                refeed.observation, op=finding, op_samples=samples, op_whole_batch=whole, replay_note=note
+            )
+        )
+
+    def _conclude(self, obs: Observation) -> None:
+        self._diagnosis = diagnose(obs)
+        report = self.report()
+        if self._report_path:
+            report_json.write(report, self._report_path)
+        if self._policy.decide(self._diagnosis, first=True) is Action.STOP:
+            self._stopped = True
+            raise NonFiniteError(report)
+        warnings.warn(report.headline(), NonFiniteWarning, stacklevel=4)
+
+    def _observe(
+        self,
+        it: Iteration,
+        where: Where,
+        names: tuple[str, ...],
+        tracked: Tracked | None,
+        hyperparameters: tuple[BadHyperparameter, ...] | None,
+    ) -> Observation:
+        hps: list[BadHyperparameter] = list(hyperparameters or ())
+        if hyperparameters is None:
+            for t in self._tracked.values():
+                opt = t.optimizer()
+                if opt is not None:
+                    hps += nonfinite_hyperparameters(opt.param_groups, t.index)
+        before: tuple[str, ...] = it.bad_buffers_at_start
+        touched: tuple[str, ...] = ()
+        if where == "parameters":
+            before += tracked.bad_before if tracked is not None and it.step == 0 else ()
+        elif it is self._it:  # the failing step has not been applied: the weights are the pre-step ones
+            named: list[tuple[str, torch.Tensor | None]] = []
+            for t in self._tracked.values():
+                opt = t.optimizer()
+                if opt is not None:
+                    params = self._params(opt)
+                    named += [(self._name(t.index, params, i), p) for i, p in enumerate(params)]
+            before = tuple(dict.fromkeys(before + tuple(nonfinite_names(named))))
+            touched = tuple(n for n in nonfinite_names(self._all_buffers()) if n not in before)
+        scans = tuple(scan_batch(b, idx, src) for b, idx, src, _ in it.batches)
+        output_finite = None if not it.output_sums else all(math.isfinite(float(v)) for v in it.output_sums)
+        notes = self._optimizer_notes(tracked, names) if where == "parameters" and tracked is not None else ()
+        op, op_samples, whole = None, None, False
+        if where in ("loss", "gradients") and not hps and not before and all(scan.clean for scan in scans):
+            op, op_samples, whole = self._replay(it, where)
+        return Observation(
+            step=it.step,
+            trigger=where,
+            trigger_names=names,
+            history=self.report().history,
+            hyperparameters=tuple(hps),
+            parameters_before=before,
+            batches=scans,
+            batches_tracked=bool(it.batches),
+            model_output_finite=output_finite,
+            optimizer_notes=notes,
+            buffers_touched=touched,
+            op=op,
+            op_samples=op_samples,
+            op_whole_batch=whole,
+            replay_note=self._replay_note(it),
+            layer_growth=self._layer_growth(),
+        )
+
+    def _layer_growth(self, top: int = 3) -> tuple[tuple[str, float, float], ...]:
+        """The parameters whose gradient norm grew the most over the last finite steps: ``(name, first, last)``."""
+        by_name: dict[str, list[float]] = {}
+        for _, params, readings, values in self._layer_norms:
+            for reading, vals in zip(readings, values, strict=True):
+                for position, norm in reading.l2_norms(vals):
+                    if math.isfinite(norm) and norm > 0:
+                        name = self._naming.param(params[position], f"params[{position}]")
+                        by_name.setdefault(name, []).append(norm)
+        growth = [(name, v[0], v[-1]) for name, v in by_name.items() if len(v) >= 4]
+        growth.sort(key=lambda g: g[2] / g[1], reverse=True)
+        return tuple(g for g in growth[:top] if g[2] > g[1])
+
+    def _replay_note(self, it: Iteration) -> str | None:
+        """Why the failing step cannot be replayed, or None when it can."""
+        if not it.batches:
+            return "no replay: the step's batch was not seen (iterate a DataLoader, or call observe_batch and pass step_fn=...)"
+        if it is not self._it or it.rng is None:
+            return "no replay: the failing step's state is gone (read late on the device; use eager=True)"
+        if self._step_fn is not None:
+            return None
+        if not isinstance(self._policy, Stop):
+            return (
+                f"no replay under policy {self._policy.name!r} (replaying changes the run): use policy 'stop', "
+                "or pass step_fn=... to nanscope.watch"
+            )
+        if it.batches[-1][3] is None:
+            return "no replay: the batch did not come from a DataLoader; pass step_fn=... to nanscope.watch"
+        return None
+
+    def _replay(
+        self, it: Iteration, it_trigger: str
+    ) -> tuple[OpFinding | None, tuple[int, ...] | None, bool]:
+        """Re-run the failing step through ``step_fn`` under op tracing (API mode)."""
+        if self._step_fn is None or self._replay_note(it) is not None or it.rng is None:
+            return None, None, False
+        loss_nan = _loss_nan(it)
+        batch, index_list, size, names = self._replay_inputs(it)
+        params = [
+            p for t in self._tracked.values() if (o := t.optimizer()) is not None for p in self._params(o)
+        ]
+        buffers = [b for model in self._naming.models.values() for b in model.buffers()]
+        self._replaying = True
+        try:
+            finding = replay(
+                self._step_fn,
+                batch,
+                start=it.rng,
+                params=params,
+                buffers=buffers,
+                module_names=names,
+                batch_size=size,
+                trigger=it_trigger,
+                loss_nan=loss_nan,
+            )
+        finally:
+            self._replaying = False
+        return (finding, *_samples(finding, index_list, size))
+
+    def _optimizer_notes(self, tracked: Tracked, names: tuple[str, ...]) -> tuple[Evidence, ...]:
+        opt = tracked.optimizer()
+        if opt is None:
+            return ()
+        notes: list[Evidence] = []
+        wanted = set(names)
+        for g, group in enumerate(opt.param_groups):
+            hp = {k: v for k, v in group.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            for i, p in enumerate(group["params"]):
+                name = self._naming.param(p, f"optimizer[{tracked.index}].params[{i}]")
+                if name not in wanted or len(notes) >= 5:
+                    continue
+                mask = ~torch.isfinite(p.detach())
+                state_bits = []
+                for key, value in opt.state.get(p, {}).items():
+                    if (
+                        isinstance(value, torch.Tensor)
+                        and value.shape == p.shape
+                        and value.is_floating_point()
+                    ):
+                        sel = value.detach()[mask]
+                        if sel.numel():
+                            state_bits.append(
+                                f"{key} in [{float(sel.min()):.3g}, {float(sel.max()):.3g}] "
+                                f"({int((sel == 0).sum())} zeros)"
+                            )
+                hp_text = ", ".join(f"{k}={v}" for k, v in hp.items())
+                detail = (
+                    f"{name}: {int(mask.sum())} non-finite elements after the update; group {g}: {hp_text}"
+                )
+                if state_bits:
+                    detail += "; optimizer state there: " + "; ".join(state_bits)
+                notes.append(Evidence("optimizer update", detail, {"parameter": name, "group": g, **hp}))
+        return tuple(notes)
+
+
+def _loss_nan(it: Iteration) -> bool:
+    """Whether the iteration's non-finite loss is a NaN (True also when no scalar loss was seen)."""
+    bad = [v for v in it.losses if not math.isfinite(v)]
+    return not bad or any(math.isnan(v) for v in bad)
+
+
+def _samples(
+    finding: OpFinding | None, index_list: list[int] | None, size: int | None
+) -> tuple[tuple[int, ...] | None, bool]:
+    """Dataset indices of the rows the op turned non-finite, and whether that was every row (a batch-level
+    problem, e.g. statistics over the batch, rather than bad samples)."""
+    rows = finding.rows if finding is not None else None
+    whole = bool(rows) and size is not None and size > 1 and len(rows or ()) == size
+    if not rows or index_list is None or whole:
+        return None, whole
+    return tuple(sorted({index_list[r] for r in rows})), whole
