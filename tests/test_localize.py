@@ -303,3 +303,24 @@ def test_zero_code_replay_waits_for_the_training_loader_not_a_validation_loader(
     cause = info.value.report.cause
     assert (cause.kind, cause.op, cause.samples) == ("domain_error", "log", (13,))
     assert info.value.report.first_nonfinite.step == 3
+
+
+@pytest.mark.parametrize(
+    ("make", "op"),
+    [
+        (lambda h: torch.acos(torch.tanh(h).clamp(-1.0, 1.0)).sum(), "acos"),  # acos'(+/-1) = -inf
+        (lambda h: ((h**2).sum(1) ** 0.5).sum(), "pow"),  # a hand-written norm: (x^0.5)' = inf at 0
+    ],
+)
+def test_singular_derivatives_of_acos_and_fractional_powers(make, op):
+    torch.manual_seed(0)
+    model = nn.Linear(3, 3)
+    with torch.no_grad():
+        model.weight.mul_(40.0)  # saturates tanh to exactly +/-1 for some entries
+        model.bias.zero_()
+    x = torch.randn(4, 3)
+    x[1] = 0.0  # an all-zero row: its norm is 0
+    report = run(model, [(x, None)], lambda m, b: make(m(b[0])))
+    assert report.first_nonfinite.where == "gradients"
+    cause = report.cause
+    assert (cause.kind, cause.op, cause.phase) == ("singular_gradient", op, "backward")
