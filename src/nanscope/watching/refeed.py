@@ -34,8 +34,6 @@ class Stage(enum.Enum):
 class Refeed:
     observation: Observation
     batch: Any
-    indices: Any
-    source: str
     dataset: Any  # the failing batch is handed out again only by a loader over this Dataset
     rng: RngState
     tracer: OpTracer

@@ -65,7 +65,7 @@ class Triage:
     _detections_dropped: int
     _stopped: bool
     _replaying: bool
-    _layer_norms: deque[tuple[int, list[torch.Tensor], list[Reading], list[list[float]]]]
+    _layer_norms: deque[tuple[list[torch.Tensor], list[Reading], list[list[float]]]]
 
     def report(self) -> Report:
         raise NotImplementedError
@@ -131,12 +131,10 @@ class Triage:
     def _plan_refeed(self, it: Iteration, obs: Observation) -> Refeed:
         batch, index_list, size, names = self._replay_inputs(it)
         assert it.rng is not None
-        _, indices, source, dataset = it.batches[-1]
+        dataset = it.batches[-1][3]
         return Refeed(
             obs,
             batch,
-            indices,
-            source,
             dataset,
             it.rng,
             OpTracer(names, size),
@@ -229,7 +227,7 @@ class Triage:
     def _layer_growth(self, top: int = 3) -> tuple[tuple[str, float, float], ...]:
         """The parameters whose gradient norm grew the most over the last finite steps: ``(name, first, last)``."""
         by_name: dict[str, list[float]] = {}
-        for _, params, readings, values in self._layer_norms:
+        for params, readings, values in self._layer_norms:
             for reading, vals in zip(readings, values, strict=True):
                 for position, norm in reading.l2_norms(vals):
                     if math.isfinite(norm) and norm > 0:

@@ -126,7 +126,7 @@ class Watcher(Triage):
         self._handles: list[RemovableHandle] = []
         self._history: deque[Iteration] = deque(maxlen=history)
         # per-tensor grad norms of the last steps, as read (references only): which layers grew fastest
-        self._layer_norms: deque[tuple[int, list[torch.Tensor], list[Reading], list[list[float]]]] = deque(
+        self._layer_norms: deque[tuple[list[torch.Tensor], list[Reading], list[list[float]]]] = deque(
             maxlen=_LAYER_WINDOW
         )
         self._dropped = 0
@@ -150,8 +150,8 @@ class Watcher(Triage):
                     register_optimizer_step_pre_hook,
                 )
 
-                self._handles.append(register_optimizer_step_pre_hook(self._global_pre))
-                self._handles.append(register_optimizer_step_post_hook(self._global_post))
+                self._handles.append(register_optimizer_step_pre_hook(self._pre_hook))
+                self._handles.append(register_optimizer_step_post_hook(self._post_hook))
         except BaseException:
             self._detach()
             raise
@@ -304,12 +304,6 @@ class Watcher(Triage):
     def _discover_optimizer(self, opt: torch.optim.Optimizer) -> None:
         self._track(opt)
 
-    def _global_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        self._pre_hook(opt, args, kwargs)
-
-    def _global_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        self._post_hook(opt, args, kwargs)
-
     def _on_forward_start(self, module: nn.Module, inputs: Any) -> None:
         if self._closed or self._replaying or not torch.is_grad_enabled():
             return
@@ -459,7 +453,7 @@ class Watcher(Triage):
         it.pending -= 1
         evaluated = [r.evaluate(h) for r, h in zip(readings, hosts, strict=True)]
         sq = math.fsum(e[0] for e in evaluated)
-        self._layer_norms.append((it.step, params, readings, [e[2] for e in evaluated]))
+        self._layer_norms.append((params, readings, [e[2] for e in evaluated]))
         if not math.isfinite(sq):
             name = functools.partial(self._name, tracked.index, params)
             grads = [p.grad for p in params]
