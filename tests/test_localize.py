@@ -8,6 +8,7 @@ from torch import nn
 
 import nanscope
 from nanscope.localize.replay import RngState, replay
+from std_pool_loader import Speaker  # the zoo's std-pooling model (tests/scenarios is on sys.path)
 
 
 def run(model: nn.Module, batches: list, loss_fn, lr: float = 0.1, **kwargs) -> nanscope.Report:
@@ -57,23 +58,6 @@ def test_log_of_zero_in_a_hand_written_loss_names_log_the_phase_and_the_rows():
     zero_rows = [int(r) for r in torch.nonzero(p == 0).reshape(-1)]
     assert list(cause.samples) == zero_rows  # indices are 0..5 for the first batch
     assert "test_localize.py" in cause.evidence[0].detail  # the user's source line
-
-
-class StatsPool(nn.Module):
-    def forward(self, h):
-        mean = h.mean(1, keepdim=True)
-        return ((h - mean) ** 2).mean(1).sqrt()
-
-
-class Speaker(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.proj = nn.Linear(6, 4)
-        self.pool = StatsPool()
-        self.head = nn.Linear(4, 1)
-
-    def forward(self, x):
-        return self.head(self.pool(self.proj(x)))
 
 
 def test_sqrt_at_zero_in_std_pooling_is_a_singular_gradient_in_that_module():
@@ -252,10 +236,6 @@ def test_a_harmless_log_mask_is_not_blamed_for_the_row_that_is_all_masked():
 
 
 def test_gradient_explosion_names_the_growth_and_the_fastest_growing_layers():
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent / "scenarios"))
     import exploding_regression
 
     model, optimizer, train = exploding_regression.setup()

@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from _common import loop
 
 LOUD = (9,)
 BATCH = 4
@@ -35,6 +36,11 @@ class Classifier(nn.Module):
         return self.softmax(self.body(x))
 
 
+def nll_of_probabilities(model, batch):
+    x, y = batch
+    return nn.functional.nll_loss(torch.log(model(x) + 1e-9), y)
+
+
 def setup():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(32, 8, generator=g)
@@ -44,14 +50,7 @@ def setup():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     loader = DataLoader(TensorDataset(x, y), batch_size=BATCH)
 
-    def train():
-        for xb, yb in loader:
-            p = model(xb)
-            loss = nn.functional.nll_loss(torch.log(p + 1e-9), yb)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
+    train = loop(model, optimizer, lambda: loader, nll_of_probabilities, epochs=1)
     return model, optimizer, train
 
 

@@ -4,6 +4,7 @@ targets; the gradients grow step after step until the forward pass overflows."""
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from _common import loop, mse
 
 # the rows that overflow first depend on the shuffled batch; the zoo checks they are real rows ("any")
 EXPECT = {
@@ -32,14 +33,7 @@ def setup():
         TensorDataset(x, y), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0)
     )
 
-    def train():
-        for _ in range(200):
-            for xb, yb in loader:
-                loss = nn.functional.mse_loss(model(xb), yb)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-
+    train = loop(model, optimizer, lambda: loader, mse, epochs=200)
     return model, optimizer, train
 
 

@@ -4,6 +4,7 @@ gradients grow geometrically, and after a few dozen steps the squared error over
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from _common import loop, mse
 
 EXPECT = {"kind": "gradient_explosion", "where": "loss", "phase": "loss", "step": "oracle", "op": "mse_loss"}
 EXPECT_WARN = {"kind": "undetermined", "op": None}
@@ -18,14 +19,7 @@ def setup():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)  # stable only below ~0.03 here
     loader = DataLoader(TensorDataset(x, y), batch_size=16)
 
-    def train():
-        for _ in range(100):
-            for xb, yb in loader:
-                loss = nn.functional.mse_loss(model(xb), yb)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-
+    train = loop(model, optimizer, lambda: loader, mse, epochs=100)
     return model, optimizer, train
 
 

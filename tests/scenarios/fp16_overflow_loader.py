@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from _common import loop, mse
 
 BIG = (2,)
 BATCH = 4
@@ -43,13 +44,7 @@ def setup():
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     loader = DataLoader(TensorDataset(x, y), batch_size=BATCH)
 
-    def train():
-        for xb, yb in loader:
-            loss = nn.functional.mse_loss(model(xb), yb)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
+    train = loop(model, optimizer, lambda: loader, mse, epochs=1)
     return model, optimizer, train
 
 

@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from _common import loop
 
 SATURATING = (17, 20)
 BATCH = 8
@@ -18,6 +19,12 @@ EXPECT = {
 EXPECT_WARN = {"kind": "undetermined", "op": None, "samples": None}  # no replay under warn
 
 
+def hand_written_ce(model, batch):
+    x, y = batch
+    p = torch.softmax(model(x), dim=1)
+    return -torch.log(p[torch.arange(len(y)), y]).mean()
+
+
 def setup():
     g = torch.Generator().manual_seed(0)
     x = 0.1 * torch.randn(64, 4, generator=g)
@@ -30,14 +37,7 @@ def setup():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     loader = DataLoader(TensorDataset(x, y), batch_size=BATCH)
 
-    def train():
-        for xb, yb in loader:
-            p = torch.softmax(model(xb), dim=1)
-            loss = -torch.log(p[torch.arange(len(yb)), yb]).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
+    train = loop(model, optimizer, lambda: loader, hand_written_ce, epochs=1)
     return model, optimizer, train
 
 

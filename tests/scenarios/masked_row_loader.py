@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from _common import loop
 
 EMPTY = (13,)
 BATCH = 4
@@ -41,6 +42,11 @@ class Reader(nn.Module):
         return self.head(self.pool(self.emb(x), pad))
 
 
+def masked_mse(model, batch):
+    x, pad, y = batch
+    return nn.functional.mse_loss(model(x, pad), y)
+
+
 def setup():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(32, 6, 3, generator=g)
@@ -52,13 +58,7 @@ def setup():
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loader = DataLoader(TensorDataset(x, pad, y), batch_size=BATCH)
 
-    def train():
-        for xb, pb, yb in loader:
-            loss = nn.functional.mse_loss(model(xb, pb), yb)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
+    train = loop(model, optimizer, lambda: loader, masked_mse, epochs=1)
     return model, optimizer, train
 
 

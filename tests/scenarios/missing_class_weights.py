@@ -4,6 +4,7 @@ label 2 divides 0 by 0. A property of the whole batch, not of any sample."""
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from _common import loop
 
 BATCH = 8
 EXPECT = {
@@ -18,6 +19,15 @@ EXPECT = {
 EXPECT_WARN = {"kind": "undetermined", "op": None, "module": None}
 
 
+def frequency_weighted_ce(model, batch):
+    x, y = batch
+    per_sample = nn.functional.cross_entropy(model(x), y, reduction="none")
+    onehot = nn.functional.one_hot(y, 3).float()
+    per_class = per_sample @ onehot  # summed loss of each class
+    freq = onehot.sum(0)  # 0 for a class missing from the batch
+    return (per_class / freq).sum()
+
+
 def setup():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(32, 5, generator=g)
@@ -27,17 +37,7 @@ def setup():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     loader = DataLoader(TensorDataset(x, y), batch_size=BATCH)
 
-    def train():
-        for xb, yb in loader:
-            per_sample = nn.functional.cross_entropy(model(xb), yb, reduction="none")
-            onehot = nn.functional.one_hot(yb, 3).float()
-            per_class = per_sample @ onehot  # summed loss of each class
-            freq = onehot.sum(0)  # 0 for a class missing from the batch
-            loss = (per_class / freq).sum()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
+    train = loop(model, optimizer, lambda: loader, frequency_weighted_ce, epochs=1)
     return model, optimizer, train
 
 

@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from _common import loop, mse
 
 DEAD = (6, 7)
 BATCH = 8
@@ -43,13 +44,7 @@ def setup():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     loader = DataLoader(TensorDataset(x, y), batch_size=BATCH)
 
-    def train():
-        for xb, yb in loader:
-            loss = nn.functional.mse_loss(model(xb), yb)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
+    train = loop(model, optimizer, lambda: loader, mse, epochs=1)
     return model, optimizer, train
 
 
