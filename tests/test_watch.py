@@ -14,7 +14,7 @@ from torch.utils.data import dataloader as dl
 
 import nanscope
 from conftest import load
-from nanscope.watching import watcher as watcher_module
+from nanscope.watching.probes import Prober
 
 ORIGINALS = {
     "backward": torch.autograd.backward,
@@ -89,7 +89,7 @@ def test_an_internal_error_only_warns_and_training_goes_on(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("simulated nanscope bug")
 
-    monkeypatch.setattr(watcher_module, "grad_sq_norm", broken)
+    monkeypatch.setattr(Prober, "probe", broken)
     plain_state, _ = train_and_capture("healthy_mlp", watched=False)
     model, optimizer, train = load("healthy_mlp").setup()
     with (

@@ -5,10 +5,21 @@ proves the tensor finite. The converse has one exception: finite values whose sq
 float32 (|x| > ~1.8e19) also give Inf, so a non-finite value only names a suspect that the exact element-wise
 check in :mod:`nanscope.detect.scan` confirms.
 
-``torch._foreach_norm`` reads a list of tensors in one call (a few multi-tensor kernels on CUDA, a loop of
-norm kernels on CPU). On CPU a BLAS dot product or a plain sum is 1.6-3x faster per element than a norm, which
-pays for its own kernel launch from about 2^18 elements: such tensors get one. The per-tensor values are
-stacked into one small vector, so a read several steps later (CUDA) still names the bad tensors.
+How the values are computed depends on the device, so that the cost follows the bytes read and not the number
+of tensors:
+
+- on an accelerator, ``torch._foreach_norm`` per dtype (a few multi-tensor kernels for any number of tensors);
+- on CPU, where ``_foreach_norm`` is a loop of one norm kernel per tensor (about 2 us each, mostly dispatch
+  for a small tensor), tensors under 2^11 elements that share their shape and dtype (biases, norm layers:
+  models repeat their layer shapes) are concatenated along their first dimension and reduced row by row, two
+  kernels per shape however many tensors share it (row-wise reductions of long rows are slow on CPU, hence
+  the limit); tensors from 2^18 elements get a BLAS dot product or a plain sum of their own (1.6-3x faster
+  per element than a norm); the rest go through ``_foreach_norm``.
+
+The grouping (a :class:`Plan`) depends only on the tensors' shapes, dtypes and devices and is cached for the
+parameter list it was made for: gradients have their parameter's layout. The per-tensor values are
+concatenated into one small vector per device, so a read several steps later (CUDA) still names the bad
+tensors.
 """
 
 from __future__ import annotations
@@ -19,18 +30,19 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Reading", "grad_sq_norm", "finite_probe"]
+__all__ = ["Plan", "Prober", "Reading"]
 
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-_LARGE = 1 << 18  # elements: from here a dedicated BLAS kernel per CPU tensor beats a norm in the batch
+_LARGE = 1 << 18  # elements: from here a dedicated BLAS kernel per CPU tensor beats a norm in a batch
+_SMALL = 1 << 11  # elements: below this, a CPU norm kernel costs mostly its dispatch; batch such tensors
 
 
 @dataclass(frozen=True, slots=True)
 class Reading:
     """One device's probe: one value per tensor at ``positions`` (indices into the probed sequence).
 
-    The first ``norms`` values are L2 norms (``_foreach_norm``); the rest come from one dedicated kernel per
-    large CPU tensor: its sum of squares (``squares``) or its plain sum.
+    The first ``norms`` values are L2 norms (gradients) or row sums (finite probes); the rest come from one
+    dedicated kernel per large CPU tensor: its sum of squares (``squares``) or its plain sum.
     """
 
     vector: torch.Tensor
@@ -38,65 +50,136 @@ class Reading:
     norms: int
     squares: bool
 
-    def evaluate(self, host: torch.Tensor) -> tuple[float, list[int], list[float]]:
-        """``(sum of squares, suspects, values)``: suspects are the positions whose value is NaN/Inf."""
-        values = host.tolist()
-        head = values[: self.norms]
-        total = math.fsum(v * v for v in head) + (math.fsum(values[self.norms :]) if self.squares else 0.0)
-        suspects = [p for p, v in zip(self.positions, values, strict=True) if not math.isfinite(v)]
-        return total, suspects, values
+    def sum_of_squares(self, host: torch.Tensor) -> float:
+        """The sum of the squares of the probed tensors' elements (gradient readings)."""
+        values = host.double()
+        head, tail = values[: self.norms], values[self.norms :]
+        return float(torch.dot(head, head)) + (float(tail.sum()) if self.squares else 0.0)
 
-    def l2_norms(self, values: list[float]) -> list[tuple[int, float]]:
+    def suspects(self, host: torch.Tensor) -> list[int]:
+        """The positions whose value is NaN/Inf: the tensors that may hold a non-finite element."""
+        if bool(torch.isfinite(host).all()):
+            return []
+        return [p for p, v in zip(self.positions, host.tolist(), strict=True) if not math.isfinite(v)]
+
+    def l2_norms(self, host: torch.Tensor) -> list[tuple[int, float]]:
         """``(position, L2 norm)`` for a gradient reading's values (squared entries are square-rooted)."""
         return [
             (p, v if i < self.norms else math.sqrt(abs(v)))
-            for i, (p, v) in enumerate(zip(self.positions, values, strict=True))
+            for i, (p, v) in enumerate(zip(self.positions, host.tolist(), strict=True))
         ]
 
 
-def _groups(tensors: Sequence[torch.Tensor]) -> dict[torch.device, dict[torch.dtype, list[int]]]:
-    groups: dict[torch.device, dict[torch.dtype, list[int]]] = {}
-    for i, t in enumerate(tensors):
-        if t.dtype in _FLOATS:
-            groups.setdefault(t.device, {}).setdefault(t.dtype, []).append(i)
-    return groups
+@dataclass(frozen=True, slots=True)
+class _DevicePlan:
+    foreach: tuple[tuple[int, ...], ...]  # one position group per dtype: torch._foreach_norm
+    rows: tuple[tuple[int, ...], ...]  # same shape and dtype (CPU): concatenated, reduced row by row
+    single: tuple[int, ...]  # large CPU tensors: a kernel each
+    positions: tuple[int, ...]  # the order of the values: foreach, rows, single
+    norms: int  # values from foreach and rows (the rest come from single)
 
 
-@torch.no_grad()
-def _probe(tensors: Sequence[torch.Tensor], squares: bool) -> list[Reading]:
-    readings = []
-    for device, by_dtype in _groups(tensors).items():
-        cpu = device.type == "cpu"
-        batched: list[int] = []
-        single: list[int] = []
-        for positions in by_dtype.values():
-            for i in positions:
-                large = (
-                    cpu
-                    and tensors[i].numel() >= _LARGE
-                    and tensors[i].dtype in (torch.float32, torch.float64)
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How to probe one list of tensors: which kernels read which tensors, per device."""
+
+    devices: tuple[_DevicePlan, ...]
+
+    @staticmethod
+    def make(tensors: Sequence[torch.Tensor]) -> Plan:
+        by_device: dict[torch.device, dict[tuple[torch.dtype, tuple[int, ...]], list[int]]] = {}
+        for i, t in enumerate(tensors):
+            if t.dtype in _FLOATS:
+                by_device.setdefault(t.device, {}).setdefault((t.dtype, tuple(t.shape)), []).append(i)
+        plans = []
+        for device, by_layout in by_device.items():
+            foreach: dict[torch.dtype, list[int]] = {}
+            rows: list[tuple[int, ...]] = []
+            single: list[int] = []
+            for (dtype, shape), positions in by_layout.items():
+                numel = math.prod(shape)
+                if device.type != "cpu" or not shape or numel == 0:
+                    foreach.setdefault(dtype, []).extend(positions)
+                elif numel >= _LARGE and dtype in (torch.float32, torch.float64):
+                    single.extend(positions)
+                elif len(positions) >= 4 and numel < _SMALL:
+                    rows.append(tuple(positions))
+                else:
+                    foreach.setdefault(dtype, []).extend(positions)
+            batched = [tuple(p) for p in foreach.values()] + rows
+            plans.append(
+                _DevicePlan(
+                    foreach=tuple(tuple(p) for p in foreach.values()),
+                    rows=tuple(rows),
+                    single=tuple(single),
+                    positions=sum(batched, ()) + tuple(single),
+                    norms=sum(map(len, batched)),
                 )
-                (single if large else batched).append(i)
-        values: list[torch.Tensor] = []
-        for dtype in by_dtype:
-            members = [tensors[i] for i in batched if tensors[i].dtype == dtype]
-            if members:
-                values += torch._foreach_norm(
-                    members, 2, dtype=None if dtype == torch.float32 else torch.float32
+            )
+        return Plan(tuple(plans))
+
+    @torch.no_grad()
+    def probe(self, tensors: Sequence[torch.Tensor], squares: bool) -> list[Reading]:
+        readings = []
+        for plan in self.devices:
+            values: list[torch.Tensor] = []
+            for positions in plan.foreach:
+                members = [tensors[i] for i in positions]
+                dtype = None if members[0].dtype == torch.float32 else torch.float32
+                values.append(torch.stack(torch._foreach_norm(members, 2, dtype=dtype)))
+            for positions in plan.rows:
+                block = torch.cat([tensors[i] for i in positions]).view(len(positions), -1)
+                values.append(
+                    torch.linalg.vector_norm(block, dim=1, dtype=torch.float32)
+                    if squares
+                    else block.sum(dim=1, dtype=torch.float32)
                 )
-        for i in single:
-            flat = tensors[i].reshape(-1)
-            values.append(torch.dot(flat, flat) if squares else flat.sum())
-        vector = torch.stack([v.float() if v.dtype != torch.float32 else v for v in values])
-        readings.append(Reading(vector, tuple(batched + single), len(batched), squares))
-    return readings
+            for i in plan.single:
+                flat = tensors[i].reshape(-1)
+                values.append((torch.dot(flat, flat) if squares else flat.sum()).reshape(1))
+            vector = torch.cat([v.float() for v in values]) if len(values) > 1 else values[0].float()
+            readings.append(Reading(vector, plan.positions, plan.norms, squares))
+        return readings
 
 
-def grad_sq_norm(tensors: Sequence[torch.Tensor]) -> list[Reading]:
-    """Per device: one value per tensor, giving the global sum of squares and which tensors are non-finite."""
-    return _probe(tensors, squares=True)
+class Prober:
+    """Probes tensor lists, reusing the :class:`Plan` made for the same parameters (compared by identity).
 
+    A plan that no longer fits (a parameter moved to another device or changed shape in place) makes a kernel
+    fail; the plan is then made again and the probe repeated.
+    """
 
-def finite_probe(tensors: Sequence[torch.Tensor]) -> list[Reading]:
-    """Per device: one value per tensor that is finite only if (barring overflow) every element is."""
-    return _probe(tensors, squares=False)
+    def __init__(self, size: int = 8) -> None:
+        self._plans: dict[int, tuple[tuple[torch.Tensor, ...], Plan]] = {}
+        self._size = size
+
+    def _plan(self, key: int, owners: Sequence[torch.Tensor], tensors: Sequence[torch.Tensor]) -> Plan:
+        owned = tuple(owners)
+        cached = self._plans.get(key)
+        if cached is not None and cached[0] == owned:
+            return cached[1]
+        plan = Plan.make(tensors)
+        if len(self._plans) >= self._size:
+            self._plans.pop(next(iter(self._plans)))
+        self._plans[key] = (owned, plan)
+        return plan
+
+    def probe(
+        self,
+        key: int,
+        owners: Sequence[torch.Tensor],
+        tensors: Sequence[torch.Tensor],
+        squares: bool,
+    ) -> list[Reading]:
+        """Probe ``tensors`` (the parameters ``owners`` themselves, or their gradients): one reading per device.
+
+        ``key`` names the call site (one cached plan each); ``squares`` gives gradient norms (sum of squares
+        for the history), otherwise values that are only checked for finiteness.
+        """
+        plan = self._plan(key, owners, tensors)
+        try:
+            return plan.probe(tensors, squares)
+        except (RuntimeError, IndexError):
+            plan = Plan.make(tensors)
+            self._plans[key] = (tuple(owners), plan)
+            return plan.probe(tensors, squares)

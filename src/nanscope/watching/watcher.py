@@ -40,7 +40,7 @@ from nanscope.watching import patches
 from nanscope.watching.data import MISSING
 from nanscope.watching.discovery import Naming, find_roots, normalize_models
 from nanscope.watching.environment import environment
-from nanscope.watching.probes import Reading, finite_probe, grad_sq_norm
+from nanscope.watching.probes import Prober, Reading
 from nanscope.watching.reader import DeviceReader
 from nanscope.watching.refeed import Refeed, Stage
 from nanscope.watching.state import Iteration, Tracked
@@ -119,6 +119,7 @@ class Watcher(Triage):
         self._track_data = track_data
         self._report_path = report_path
         self._reader = DeviceReader(eager=eager)
+        self._prober = Prober()
         self._naming = Naming()
         self._naming.set_models(models)
         self._tracked: dict[int, Tracked] = {}
@@ -126,7 +127,7 @@ class Watcher(Triage):
         self._handles: list[RemovableHandle] = []
         self._history: deque[Iteration] = deque(maxlen=history)
         # per-tensor grad norms of the last steps, as read (references only): which layers grew fastest
-        self._layer_norms: deque[tuple[list[torch.Tensor], list[Reading], list[list[float]]]] = deque(
+        self._layer_norms: deque[tuple[list[torch.Tensor], list[Reading], list[torch.Tensor]]] = deque(
             maxlen=_LAYER_WINDOW
         )
         self._dropped = 0
@@ -433,7 +434,8 @@ class Watcher(Triage):
         with_grad = [p for p in params if p.grad is not None]
         if not with_grad:
             return
-        readings = grad_sq_norm([p.grad for p in with_grad])  # type: ignore[misc]
+        grads: list[torch.Tensor] = [p.grad for p in with_grad]  # type: ignore[misc]
+        readings = self._prober.probe(2 * tracked.index, with_grad, grads, squares=True)
         it.pending += 1
         self._reader.submit(
             [r.vector for r in readings],
@@ -451,9 +453,10 @@ class Watcher(Triage):
         hosts: list[torch.Tensor],
     ) -> None:
         it.pending -= 1
-        evaluated = [r.evaluate(h) for r, h in zip(readings, hosts, strict=True)]
-        sq = math.fsum(e[0] for e in evaluated)
-        self._layer_norms.append((params, readings, [e[2] for e in evaluated]))
+        sq = math.fsum(r.sum_of_squares(h) for r, h in zip(readings, hosts, strict=True))
+        # the host values are views of reused buffers on an accelerator: keep a copy
+        kept = [h if h.device.type == "cpu" and h._base is None else h.clone() for h in hosts]
+        self._layer_norms.append((params, readings, kept))
         if not math.isfinite(sq):
             name = functools.partial(self._name, tracked.index, params)
             grads = [p.grad for p in params]
@@ -488,7 +491,8 @@ class Watcher(Triage):
         named = self._all_buffers()
         if not named:
             return
-        readings = finite_probe([t for _, t in named])
+        tensors = [t for _, t in named]
+        readings = self._prober.probe(-1, tensors, tensors, squares=False)
         it.pending += 1
         self._reader.submit(
             [r.vector for r in readings], functools.partial(self._buffers_ready, it, named, readings)
@@ -516,7 +520,7 @@ class Watcher(Triage):
         hosts: list[torch.Tensor],
     ) -> list[str]:
         """Names of the tensors that really hold NaN/Inf among those whose probe value is non-finite."""
-        suspects = [i for r, h in zip(readings, hosts, strict=True) for i in r.evaluate(h)[1]]
+        suspects = [i for r, h in zip(readings, hosts, strict=True) for i in r.suspects(h)]
         return nonfinite_names((name(i), tensors[i]) for i in sorted(suspects))
 
     def _check_after_step(self, opt: torch.optim.Optimizer) -> None:
@@ -526,7 +530,7 @@ class Watcher(Triage):
         tracked = self._track(opt)
         it = self._it
         params = self._params(opt)
-        readings = finite_probe(params)
+        readings = self._prober.probe(2 * tracked.index + 1, params, params, squares=False)
         it.pending += 1
         self._reader.submit(
             [r.vector for r in readings], functools.partial(self._params_ready, it, tracked, params, readings)
