@@ -99,3 +99,58 @@ def compare(
             )
         )
     return out
+
+
+_ENTRY_POINTS = (
+    "_on_batch",
+    "_on_forward_start",
+    "_on_output",
+    "_on_backward",
+    "_pre_hook",
+    "_post_hook",
+    "_refeed_batch",
+    "_on_optimizer_created",
+)
+
+
+@contextlib.contextmanager
+def _timed_entry_points(spent: list[float]) -> Iterator[None]:
+    """Wrap every method through which torch calls into the watcher with a timer (before it attaches)."""
+    originals = {name: getattr(Watcher, name) for name in _ENTRY_POINTS}
+
+    def timed(method: Callable[..., object]) -> Callable[..., object]:
+        def run(self: Watcher, *args: object, **kwargs: object) -> object:
+            start = time.perf_counter()
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - start
+
+        return run
+
+    try:
+        for name, method in originals.items():
+            setattr(Watcher, name, timed(method))
+        yield
+    finally:
+        for name, method in originals.items():
+            setattr(Watcher, name, method)
+
+
+def self_time(workload: Workload, config: str, steps: int, warmup: int, repeats: int) -> float:
+    """Median over ``repeats`` blocks of the seconds per step spent inside nanscope's hooks (its own work,
+    whatever the machine's noise; not the indirect cost of, say, caches it evicts)."""
+    results = []
+    for _ in range(repeats):
+        spent = [0.0]
+        with _timed_entry_points(spent):
+            batches = workload.batches()
+            with CONFIGS[config](workload):
+                for _ in range(warmup):
+                    workload.step(next(batches))
+                spent[0] = 0.0
+                for _ in range(steps):
+                    workload.step(next(batches))
+                measured = spent[0]
+        results.append(measured / steps)
+    return statistics.median(results)

@@ -57,9 +57,10 @@ def pct(ratio: float) -> str:
     return f"{(ratio - 1) * 100:+.1f} %"
 
 
-def overhead_rows(timings: list[harness.Timing]) -> list[list[str]]:
+def overhead_rows(timings: list[harness.Timing], own: dict[tuple[str, str], float]) -> list[list[str]]:
     rows = []
     for t in timings:
+        spent = own.get((t.workload, t.config))
         rows.append(
             [
                 t.workload,
@@ -70,6 +71,7 @@ def overhead_rows(timings: list[harness.Timing]) -> list[list[str]]:
                 f"{t.ratio:.3f}",
                 f"{t.ratio_min:.3f}-{t.ratio_max:.3f}",
                 pct(t.ratio),
+                "" if spent is None else f"{spent * 1e3:.2f} ({spent / t.seconds * 100:.1f} %)",
             ]
         )
     return rows
@@ -134,8 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         standard["gpt2_small"] = workloads.gpt2_small
     timings: list[harness.Timing] = []
+    own: dict[tuple[str, str], float] = {}
     for name, build in standard.items():
-        timings += harness.compare(build(device), harness.CONFIGS, steps, warmup, repeats)
+        workload = build(device)
+        timings += harness.compare(workload, harness.CONFIGS, steps, warmup, repeats)
+        for config in ("nanscope watch", "nanscope run"):
+            own[name, config] = harness.self_time(workload, config, steps, warmup, max(3, repeats // 3))
         print(f"  {name} done", flush=True)
     out += [
         "## Overhead on healthy runs",
@@ -145,11 +151,24 @@ def main(argv: list[str] | None = None) -> int:
         "time over the bare block of the same repetition; `range` its min-max (this 2-core virtual machine's "
         "block-to-block noise is about +/-15 %, so single ratios below a few percent are within noise). "
         "`nanscope run` is the zero-code "
-        "machinery (optimizer discovery, global hooks, DataLoader patches) attached in-process.",
+        "machinery (optimizer discovery, global hooks, DataLoader patches) attached in-process. "
+        "`in nanscope` is the time per step spent inside nanscope's hooks (timers around every entry point "
+        "torch calls; median of separate blocks) and its share of the bare step: nanscope's own work, which "
+        "the machine's noise does not blur (it leaves out indirect costs such as evicted caches).",
         "",
         *table(
-            ["workload", "tensors", "params", "config", "ms/step", "ratio", "range", "overhead"],
-            overhead_rows(timings),
+            [
+                "workload",
+                "tensors",
+                "params",
+                "config",
+                "ms/step",
+                "ratio",
+                "range",
+                "overhead",
+                "in nanscope",
+            ],
+            overhead_rows(timings, own),
         ),
         "",
     ]

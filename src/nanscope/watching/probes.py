@@ -9,12 +9,12 @@ How the values are computed depends on the device, so that the cost follows the 
 of tensors:
 
 - on an accelerator, ``torch._foreach_norm`` per dtype (a few multi-tensor kernels for any number of tensors);
-- on CPU, where ``_foreach_norm`` is a loop of one norm kernel per tensor (about 2 us each, mostly dispatch
-  for a small tensor), tensors under 2^11 elements that share their shape and dtype (biases, norm layers:
-  models repeat their layer shapes) are concatenated along their first dimension and reduced row by row, two
-  kernels per shape however many tensors share it (row-wise reductions of long rows are slow on CPU, hence
-  the limit); tensors from 2^18 elements get a BLAS dot product or a plain sum of their own (1.6-3x faster
-  per element than a norm); the rest go through ``_foreach_norm``.
+- on CPU, where ``_foreach_norm`` is a loop of one norm kernel per tensor (about 2 us each hot, several times
+  that between a step's large kernels), tensors under 2^16 elements that share their shape and dtype (models
+  repeat their layer shapes: four or more alike) are copied into one persistent block per shape and reduced row
+  by row with a BLAS matrix-vector product, a fixed number of kernels however many tensors share the shape;
+  tensors from 2^16 elements get a BLAS dot product or a plain sum of their own (1.6-3x faster per element
+  than a norm); the rest go through ``_foreach_norm``.
 
 The grouping (a :class:`Plan`) depends only on the tensors' shapes, dtypes and devices and is cached for the
 parameter list it was made for: gradients have their parameter's layout. The per-tensor values are
@@ -33,8 +33,8 @@ import torch
 __all__ = ["Plan", "Prober", "Reading"]
 
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-_LARGE = 1 << 18  # elements: from here a dedicated BLAS kernel per CPU tensor beats a norm in a batch
-_SMALL = 1 << 11  # elements: below this, a CPU norm kernel costs mostly its dispatch; batch such tensors
+_LARGE = 1 << 16  # elements: from here a BLAS dot or sum per CPU tensor beats _foreach_norm's norm kernel
+_BLOCK = 1 << 24  # elements: the most one shape's persistent block may hold (64 MiB of float32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,30 +50,50 @@ class Reading:
     norms: int
     squares: bool
 
-    def sum_of_squares(self, host: torch.Tensor) -> float:
-        """The sum of the squares of the probed tensors' elements (gradient readings)."""
-        values = host.double()
-        head, tail = values[: self.norms], values[self.norms :]
-        return float(torch.dot(head, head)) + (float(tail.sum()) if self.squares else 0.0)
+    def sum_of_squares(self, values: list[float]) -> float:
+        """The sum of the squares of the probed tensors' elements, from a gradient reading's host values."""
+        head = math.fsum(v * v for v in values[: self.norms])
+        return head + (math.fsum(values[self.norms :]) if self.squares else 0.0)
 
-    def suspects(self, host: torch.Tensor) -> list[int]:
+    def suspects(self, values: list[float]) -> list[int]:
         """The positions whose value is NaN/Inf: the tensors that may hold a non-finite element."""
-        if bool(torch.isfinite(host).all()):
+        if all(map(math.isfinite, values)):
             return []
-        return [p for p, v in zip(self.positions, host.tolist(), strict=True) if not math.isfinite(v)]
+        return [p for p, v in zip(self.positions, values, strict=True) if not math.isfinite(v)]
 
-    def l2_norms(self, host: torch.Tensor) -> list[tuple[int, float]]:
+    def l2_norms(self, values: list[float]) -> list[tuple[int, float]]:
         """``(position, L2 norm)`` for a gradient reading's values (squared entries are square-rooted)."""
         return [
             (p, v if i < self.norms else math.sqrt(abs(v)))
-            for i, (p, v) in enumerate(zip(self.positions, host.tolist(), strict=True))
+            for i, (p, v) in enumerate(zip(self.positions, values, strict=True))
         ]
+
+
+class _Rows:
+    """Tensors of one shape and dtype on CPU, copied into one persistent block and reduced row by row with a
+    matrix-vector product (BLAS): a fixed number of kernels however many tensors share the shape. The block is
+    kept so that no step pays for fresh pages."""
+
+    __slots__ = ("positions", "_block", "_ones")
+
+    def __init__(self, positions: tuple[int, ...], dtype: torch.dtype, shape: tuple[int, ...]) -> None:
+        self.positions = positions
+        self._block = torch.empty((len(positions) * shape[0], *shape[1:]), dtype=dtype)
+        self._ones = torch.ones(math.prod(shape), dtype=dtype)
+
+    def values(self, tensors: Sequence[torch.Tensor], squares: bool) -> torch.Tensor:
+        torch.cat([tensors[i] for i in self.positions], out=self._block)
+        block = self._block.view(len(self.positions), -1)
+        if not squares:
+            return block @ self._ones
+        block.mul_(block)
+        return (block @ self._ones).sqrt_()
 
 
 @dataclass(frozen=True, slots=True)
 class _DevicePlan:
     foreach: tuple[tuple[int, ...], ...]  # one position group per dtype: torch._foreach_norm
-    rows: tuple[tuple[int, ...], ...]  # same shape and dtype (CPU): concatenated, reduced row by row
+    rows: tuple[_Rows, ...]  # same shape and dtype (CPU): one block each
     single: tuple[int, ...]  # large CPU tensors: a kernel each
     positions: tuple[int, ...]  # the order of the values: foreach, rows, single
     norms: int  # values from foreach and rows (the rest come from single)
@@ -94,26 +114,27 @@ class Plan:
         plans = []
         for device, by_layout in by_device.items():
             foreach: dict[torch.dtype, list[int]] = {}
-            rows: list[tuple[int, ...]] = []
+            rows: list[_Rows] = []
             single: list[int] = []
             for (dtype, shape), positions in by_layout.items():
                 numel = math.prod(shape)
-                if device.type != "cpu" or not shape or numel == 0:
+                blas = dtype in (torch.float32, torch.float64)
+                if device.type != "cpu" or not shape or numel == 0 or not blas:
                     foreach.setdefault(dtype, []).extend(positions)
-                elif numel >= _LARGE and dtype in (torch.float32, torch.float64):
+                elif numel >= _LARGE:
                     single.extend(positions)
-                elif len(positions) >= 4 and numel < _SMALL:
-                    rows.append(tuple(positions))
+                elif len(positions) >= 4 and numel * len(positions) <= _BLOCK:
+                    rows.append(_Rows(tuple(positions), dtype, shape))
                 else:
                     foreach.setdefault(dtype, []).extend(positions)
-            batched = [tuple(p) for p in foreach.values()] + rows
+            groups = [tuple(p) for p in foreach.values()]
             plans.append(
                 _DevicePlan(
-                    foreach=tuple(tuple(p) for p in foreach.values()),
+                    foreach=tuple(groups),
                     rows=tuple(rows),
                     single=tuple(single),
-                    positions=sum(batched, ()) + tuple(single),
-                    norms=sum(map(len, batched)),
+                    positions=sum(groups, ()) + sum((r.positions for r in rows), ()) + tuple(single),
+                    norms=sum(map(len, groups)) + sum(len(r.positions) for r in rows),
                 )
             )
         return Plan(tuple(plans))
@@ -127,17 +148,14 @@ class Plan:
                 members = [tensors[i] for i in positions]
                 dtype = None if members[0].dtype == torch.float32 else torch.float32
                 values.append(torch.stack(torch._foreach_norm(members, 2, dtype=dtype)))
-            for positions in plan.rows:
-                block = torch.cat([tensors[i] for i in positions]).view(len(positions), -1)
-                values.append(
-                    torch.linalg.vector_norm(block, dim=1, dtype=torch.float32)
-                    if squares
-                    else block.sum(dim=1, dtype=torch.float32)
-                )
+            for rows in plan.rows:
+                values.append(rows.values(tensors, squares))
             for i in plan.single:
                 flat = tensors[i].reshape(-1)
                 values.append((torch.dot(flat, flat) if squares else flat.sum()).reshape(1))
-            vector = torch.cat([v.float() for v in values]) if len(values) > 1 else values[0].float()
+            vector = torch.cat(values) if len(values) > 1 else values[0]
+            if vector.dtype != torch.float32:
+                vector = vector.float()
             readings.append(Reading(vector, plan.positions, plan.norms, squares))
         return readings
 

@@ -65,7 +65,7 @@ class Triage:
     _detections_dropped: int
     _stopped: bool
     _replaying: bool
-    _layer_norms: deque[tuple[list[torch.Tensor], list[Reading], list[torch.Tensor]]]
+    _layer_norms: deque[tuple[list[torch.Tensor], list[Reading], list[list[float]]]]
 
     def report(self) -> Report:
         raise NotImplementedError

@@ -127,7 +127,7 @@ class Watcher(Triage):
         self._handles: list[RemovableHandle] = []
         self._history: deque[Iteration] = deque(maxlen=history)
         # per-tensor grad norms of the last steps, as read (references only): which layers grew fastest
-        self._layer_norms: deque[tuple[list[torch.Tensor], list[Reading], list[torch.Tensor]]] = deque(
+        self._layer_norms: deque[tuple[list[torch.Tensor], list[Reading], list[list[float]]]] = deque(
             maxlen=_LAYER_WINDOW
         )
         self._dropped = 0
@@ -319,17 +319,16 @@ class Watcher(Triage):
             self._guard(self._check_buffers, self._it)
 
     def _on_output(self, module: nn.Module, inputs: Any, output: Any) -> None:
-        if not self._closed and torch.is_grad_enabled():
+        if not self._closed and torch.is_grad_enabled() and self._replay_note(self._it) is not None:
             self._guard(self._sum_output, output)
 
     def _sum_output(self, output: Any) -> None:
         """One reduction of the model's output per training forward, kept on the device: the sum is NaN/Inf
-        if any element is, and tells forward from loss after a trigger without keeping the output alive."""
+        if any element is, and tells forward from loss after a trigger without keeping the output alive.
+        Only for iterations that could not be replayed: a replay finds the op itself."""
         with torch.no_grad():
             sums = [
-                t.detach().sum(dtype=torch.float32)
-                for _, t in iter_tensors(output, "output")
-                if t.is_floating_point()
+                t.sum(dtype=torch.float32) for _, t in iter_tensors(output, "output") if t.is_floating_point()
             ]
         self._it.output_sums = (self._it.output_sums + sums)[-4:]
 
@@ -372,15 +371,20 @@ class Watcher(Triage):
             if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
                 continue
             scalar = tensor.numel() == 1
-            with torch.no_grad():
-                value = tensor.detach() if scalar else torch.isfinite(tensor.detach()).all()
-                value = value.reshape(1).float()
             it.pending += 1
+            if scalar and tensor.device.type == "cpu":  # read at once: no device to wait for
+                self._loss_value(it, tensor.item(), scalar=True)
+                continue
+            with torch.no_grad():
+                value = tensor if scalar else torch.isfinite(tensor).all()
+                value = value.reshape(1).float()
             self._reader.submit([value], functools.partial(self._loss_ready, it, scalar=scalar))
 
     def _loss_ready(self, it: Iteration, hosts: list[torch.Tensor], scalar: bool) -> None:
+        self._loss_value(it, hosts[0].item(), scalar)
+
+    def _loss_value(self, it: Iteration, value: float, scalar: bool) -> None:
         it.pending -= 1
-        value = float(hosts[0][0])
         if scalar:
             it.losses.append(value)
         if scalar and math.isinf(value):
@@ -453,10 +457,9 @@ class Watcher(Triage):
         hosts: list[torch.Tensor],
     ) -> None:
         it.pending -= 1
-        sq = math.fsum(r.sum_of_squares(h) for r, h in zip(readings, hosts, strict=True))
-        # the host values are views of reused buffers on an accelerator: keep a copy
-        kept = [h if h.device.type == "cpu" and h._base is None else h.clone() for h in hosts]
-        self._layer_norms.append((params, readings, kept))
+        values = [h.tolist() for h in hosts]
+        sq = math.fsum(r.sum_of_squares(v) for r, v in zip(readings, values, strict=True))
+        self._layer_norms.append((params, readings, values))
         if not math.isfinite(sq):
             name = functools.partial(self._name, tracked.index, params)
             grads = [p.grad for p in params]
@@ -520,7 +523,7 @@ class Watcher(Triage):
         hosts: list[torch.Tensor],
     ) -> list[str]:
         """Names of the tensors that really hold NaN/Inf among those whose probe value is non-finite."""
-        suspects = [i for r, h in zip(readings, hosts, strict=True) for i in r.suspects(h)]
+        suspects = [i for r, h in zip(readings, hosts, strict=True) for i in r.suspects(h.tolist())]
         return nonfinite_names((name(i), tensors[i]) for i in sorted(suspects))
 
     def _check_after_step(self, opt: torch.optim.Optimizer) -> None:
