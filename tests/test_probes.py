@@ -12,7 +12,7 @@ from nanscope.watching.probes import Plan, Prober
 
 def _tensors() -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    shapes = [(64,)] * 6 + [(8, 8)] * 5 + [(300, 900)] + [(3, 5)] + [(128, 64)] * 2 + [()]
+    shapes = [(64,)] * 6 + [(8, 8)] * 5 + [(300, 900)] + [(3, 5)] + [(128, 64)] * 2 + [()] + [(70000,)]
     out = [torch.randn(s, generator=g) for s in shapes]
     out[6:11] = [t.t() for t in out[6:11]]  # a block of non-contiguous tensors
     out.append(torch.randn(16, generator=g).to(torch.float16))
@@ -24,8 +24,8 @@ def _tensors() -> list[torch.Tensor]:
 def test_the_plan_uses_row_blocks_foreach_and_single_kernels_on_cpu():
     (plan,) = Plan.make(_tensors()).devices
     assert len(plan.rows) == 2  # the six (64,) and the five (8, 8) tensors
-    assert plan.single == (11,)  # 270,000 elements: a BLAS kernel of its own
-    assert sorted(plan.positions) == list(range(18))  # every floating-point tensor, once
+    assert plan.single == (11, 16)  # 270,000 and 70,000 elements: a BLAS kernel each
+    assert sorted(plan.positions) == list(range(19))  # every floating-point tensor, once
 
 
 @pytest.mark.parametrize("squares", [True, False])
@@ -52,7 +52,7 @@ def _rows(tensors: list[torch.Tensor]) -> set[int]:
     return {p for rows in plan.rows for p in rows.positions}
 
 
-@pytest.mark.parametrize("bad", [0, 3, 7, 11, 12, 16, 17])
+@pytest.mark.parametrize("bad", [0, 3, 7, 11, 12, 16, 17, 18])
 @pytest.mark.parametrize("value", [math.nan, math.inf])
 def test_a_single_bad_element_names_its_tensor_only(bad, value):
     tensors = _tensors()

@@ -150,14 +150,20 @@ class Plan:
                 values.append(torch.stack(torch._foreach_norm(members, 2, dtype=dtype)))
             for rows in plan.rows:
                 values.append(rows.values(tensors, squares))
-            for i in plan.single:
-                flat = tensors[i].reshape(-1)
-                values.append((torch.dot(flat, flat) if squares else flat.sum()).reshape(1))
+            # Gradients are read first to last (backward wrote the first layers' last); weights, read right after
+            # the optimizer wrote them first to last, last to first: the most recently written are still cached.
+            order = plan.single if squares else plan.single[::-1]
+            large = [_sum(tensors[i].reshape(-1), squares) for i in order]
+            values += large if squares else large[::-1]
             vector = torch.cat(values) if len(values) > 1 else values[0]
             if vector.dtype != torch.float32:
                 vector = vector.float()
             readings.append(Reading(vector, plan.positions, plan.norms, squares))
         return readings
+
+
+def _sum(flat: torch.Tensor, squares: bool) -> torch.Tensor:
+    return (torch.dot(flat, flat) if squares else flat.sum()).reshape(1)
 
 
 class Prober:
