@@ -148,8 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Each configuration runs {steps} timed steps per block after {warmup} warm-up steps, blocks interleaved "
         f"in rotating order, {repeats} repetitions. `ratio` is the median over repetitions of the block's "
-        "time over the bare block of the same repetition; `range` its min-max (this 2-core virtual machine's "
-        "block-to-block noise is about +/-15 %, so single ratios below a few percent are within noise). "
+        "time over the bare block of the same repetition; `range` its min-max (on a shared machine the "
+        "block-to-block noise is several percent, so single ratios below a few percent are within noise; the "
+        "`in nanscope` column is not blurred by it). "
         "`nanscope run` is the zero-code "
         "machinery (optimizer discovery, global hooks, DataLoader patches) attached in-process. "
         "`in nanscope` is the time per step spent inside nanscope's hooks (timers around every entry point "
