@@ -92,7 +92,7 @@ def test_script_exception_exits_1_with_its_traceback(tmp_path):
     [
         (["run", "missing.py"], "script not found: missing.py"),
         (["run"], "give a script to run"),
-        (["run", "--policy", "bogus", "x.py"], "invalid choice: 'bogus'"),
+        (["run", "--policy", "bogus", "x.py"], "unknown policy part(s) 'bogus'"),
         (["run", "--history", "0", "x.py"], "--history must be >= 1"),
         (["run", "--quiet", "-m", "no_such_module_xyz"], "no module named 'no_such_module_xyz'"),
         ([], "usage: nanscope"),

@@ -13,9 +13,20 @@ from nanscope.errors import (
     NanscopeWarning,
     NonFiniteError,
     NonFiniteWarning,
+    SpikeWarning,
     UsageError,
 )
-from nanscope.report.model import Cause, Evidence, FirstNonFinite, History, Report
+from nanscope.recover.policy import ClipOptions, GiveUp, Policy, RollbackOptions, make_policy
+from nanscope.report.model import (
+    Cause,
+    EarlyWarning,
+    Evidence,
+    FirstNonFinite,
+    History,
+    Intervention,
+    Outcome,
+    Report,
+)
 
 __version__ = "0.1.0"
 
@@ -23,17 +34,26 @@ from nanscope.watching.watcher import Watcher, watch  # noqa: E402  (needs __ver
 
 __all__ = [
     "Cause",
+    "ClipOptions",
+    "EarlyWarning",
     "Evidence",
     "FirstNonFinite",
+    "GiveUp",
     "History",
     "InternalErrorWarning",
+    "Intervention",
     "NanscopeError",
     "NanscopeWarning",
     "NonFiniteError",
     "NonFiniteWarning",
+    "Outcome",
+    "Policy",
     "Report",
+    "RollbackOptions",
+    "SpikeWarning",
     "UsageError",
     "Watcher",
     "__version__",
+    "make_policy",
     "watch",
 ]

@@ -5,7 +5,8 @@
     └── UsageError                 nanscope was called wrongly (bad policy name, missing script, ...)
 
     NanscopeWarning (UserWarning)  base of nanscope's warnings
-    ├── NonFiniteWarning           a NaN/Inf was diagnosed under the ``warn`` policy
+    ├── NonFiniteWarning           a NaN/Inf was diagnosed and the policy kept training (warn, skip, rollback)
+    ├── SpikeWarning               early warning: the loss or grad norm jumped far above its running level
     └── InternalErrorWarning       nanscope itself failed; it detached the failing check and training goes on
 
 A user's own exception is never wrapped: it propagates unchanged.
@@ -24,6 +25,7 @@ __all__ = [
     "NanscopeWarning",
     "NonFiniteError",
     "NonFiniteWarning",
+    "SpikeWarning",
     "UsageError",
 ]
 
@@ -53,6 +55,10 @@ class NanscopeWarning(UserWarning):
 
 class NonFiniteWarning(NanscopeWarning):
     """A non-finite value was diagnosed and the policy says keep going."""
+
+
+class SpikeWarning(NanscopeWarning):
+    """The loss or the gradient norm jumped far above its running level: often the step before a NaN."""
 
 
 class InternalErrorWarning(NanscopeWarning):

@@ -18,11 +18,11 @@ from types import TracebackType
 from typing import Any
 
 from nanscope.errors import NonFiniteError, UsageError
-from nanscope.recover.policy import POLICIES
+from nanscope.recover.policy import HANDLERS, MEASURES
 
 __all__ = ["add_parser", "execute", "main"]
 
-_VALUED = {"--json", "--policy", "--history"}
+_VALUED = {"--json", "--policy", "--history", "--quarantine", "--snapshot-every", "--snapshot-dir"}
 
 
 def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -30,8 +30,23 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--policy",
         default="stop",
-        choices=sorted(POLICIES),
-        help="on a NaN/Inf: stop (exit 3, weights left pre-step) or warn (report and keep training)",
+        metavar="SPEC",
+        help=f"on a NaN/Inf: one of {', '.join(HANDLERS)}, optionally with measures joined by + "
+        f"({', '.join(MEASURES)}), e.g. quarantine+rollback. stop: exit 3, weights left pre-step; warn: report "
+        "and keep training; skip: discard the failing update and go on; rollback: restore the last good "
+        "snapshot, halve the LR for a while and go on; quarantine: exclude the culprit samples from later "
+        "batches; clip: adaptive gradient clipping (default: stop)",
+    )
+    parser.add_argument(
+        "--quarantine",
+        metavar="FILE",
+        help="quarantine file: samples listed there are excluded from the start, new culprits are added",
+    )
+    parser.add_argument(
+        "--snapshot-every", type=int, default=50, metavar="N", help="rollback: snapshot every N steps (50)"
+    )
+    parser.add_argument(
+        "--snapshot-dir", metavar="DIR", help="rollback: keep snapshots as files in DIR instead of memory"
     )
     parser.add_argument("--history", type=int, default=2048, metavar="N", help="steps of history kept (2048)")
     parser.add_argument("--eager", action="store_true", help="on CUDA, read checks at once (syncs each step)")
@@ -141,13 +156,21 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
     saved_argv, saved_path0 = sys.argv[:], sys.path[0] if sys.path else None
     code = 0
     try:
+        from nanscope.recover.policy import RollbackOptions, make_policy
+
+        if args.snapshot_every < 1:
+            raise UsageError(f"--snapshot-every must be >= 1, got {args.snapshot_every}")
+        policy = make_policy(
+            args.policy, rollback=RollbackOptions(every=args.snapshot_every, directory=args.snapshot_dir)
+        )
         watcher = Watcher(
             None,
             None,
-            policy=args.policy,
+            policy=policy,
             history=args.history,
             track_data=not args.no_data,
             eager=args.eager,
+            quarantine=args.quarantine,
         )
     except UsageError as exc:
         return usage(str(exc))

@@ -1,60 +1,222 @@
-"""Policies decide what the watcher does once a non-finite value is diagnosed; the watcher acts.
+"""Policies decide what happens after a non-finite step; the watcher carries the decision out.
 
-This release has ``stop`` and ``warn``. Recovery policies (skip, rollback, quarantine, clip) plug into the
-same :class:`Policy` protocol: they receive the diagnosis and return an :class:`Action`.
+A policy is one *handler* for the failing step plus optional *measures*:
+
+=============  ====================================================================================
+``stop``       diagnose, report, raise :class:`nanscope.NonFiniteError` before the failing update
+``warn``       diagnose the first event, warn, let every update through (the run is not protected)
+``skip``       discard the failing step's update entirely (weights, optimizer state and step counts,
+               weight decay) and go on; give up after too many failures
+``rollback``   restore the newest snapshot confirmed good, back the learning rate off for a while,
+               and go on with the next batches; give up after too many failures
+``quarantine`` (measure) keep the culprit samples a diagnosis names out of every later batch and in a
+               file a later run applies again; alone it means ``quarantine+skip``
+``clip``       (measure) adaptive gradient clipping from the run's own grad-norm history; alone it
+               means ``clip+stop``
+=============  ====================================================================================
+
+Specs combine handlers and measures with ``+`` (``"quarantine+rollback"``). :meth:`Policy.decide` is pure:
+the watcher describes the event (:class:`Event`) and receives a :class:`Decision`.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from nanscope.detect.diagnose import Diagnosis
 from nanscope.errors import UsageError
 
-__all__ = ["POLICIES", "Action", "Policy", "Stop", "Warn", "make_policy"]
+__all__ = [
+    "HANDLERS",
+    "MEASURES",
+    "Action",
+    "ClipOptions",
+    "Decision",
+    "Event",
+    "GiveUp",
+    "Policy",
+    "RollbackOptions",
+    "make_policy",
+]
+
+HANDLERS = ("stop", "warn", "skip", "rollback")
+MEASURES = ("quarantine", "clip")
+
+#: Kinds whose culprit samples are worth excluding: the samples themselves produce the NaN.
+_SAMPLE_KINDS = ("nonfinite_input", "domain_error", "overflow", "singular_gradient")
 
 
 class Action(enum.Enum):
-    STOP = "stop"  # raise NonFiniteError before the failing update is applied
+    STOP = "stop"  # raise NonFiniteError (before the failing update where it has not been applied)
     CONTINUE = "continue"  # record, warn, let the step run
+    SKIP = "skip"  # the failing update is not applied
+    ROLLBACK = "rollback"  # restore a good snapshot and go on
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """When a recovering run stops anyway: ``consecutive`` failed steps in a row, or failed steps above
+    ``fraction`` of all steps (counted once ``min_steps`` steps have run)."""
+
+    consecutive: int = 5
+    fraction: float = 0.1
+    min_steps: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackOptions:
+    """Snapshots every ``every`` steps, at most ``keep`` of them (in memory, or as files in ``directory``);
+    one counts as good once ``confirm`` later steps stayed finite. After a rollback the learning rate is
+    multiplied by ``backoff`` for ``cooldown`` steps."""
+
+    every: int = 50
+    keep: int = 2
+    confirm: int = 10
+    backoff: float = 0.5
+    cooldown: int = 100
+    directory: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClipOptions:
+    """Adaptive clipping (as in ZClip): the grad norm is clipped to ``mean + z * std`` of its exponential
+    moving statistics (decay ``alpha``), after ``warmup`` steps that only collect them."""
+
+    z: float = 2.5
+    alpha: float = 0.97
+    warmup: int = 25
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """What the watcher knows when a step fails (measured values only)."""
+
+    diagnosis: Diagnosis
+    step: int
+    applied: bool  # the failing update has already changed the weights (it cannot be skipped)
+    consecutive: int  # failed steps in a row, this one included
+    failures: int  # failed steps so far, this one included
+    steps: int  # optimizer steps completed
+    snapshot: bool  # a snapshot is available to roll back to
+    first: bool  # the run's first event
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    quarantine: tuple[int, ...] = ()  # dataset indices to exclude from now on
+    reason: str = ""  # why, in words, for the report (give-up and fallbacks especially)
 
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    name: str = "policy"
+    handler: str = "stop"
+    quarantine: bool = False
+    clip: ClipOptions | None = None
+    give_up: GiveUp = field(default_factory=GiveUp)
+    rollback: RollbackOptions = field(default_factory=RollbackOptions)
+    quarantine_file: str | None = None  # where quarantined samples are kept (and read from at start)
 
-    def decide(self, diagnosis: Diagnosis, first: bool) -> Action:
-        raise NotImplementedError
+    def __post_init__(self) -> None:
+        problems = []
+        if self.handler not in HANDLERS:
+            problems.append(f"unknown handler {self.handler!r}; choose one of {', '.join(HANDLERS)}")
+        if self.quarantine and self.handler == "warn":
+            problems.append(
+                "'quarantine+warn' cannot work: warn lets the failing update through, so the weights are "
+                "already non-finite when the samples are excluded; use quarantine+skip or quarantine+rollback"
+            )
+        r, g = self.rollback, self.give_up
+        if r.every < 1 or r.keep < 1 or r.confirm < 0 or r.cooldown < 0:
+            problems.append("rollback needs every >= 1, keep >= 1, confirm >= 0 and cooldown >= 0")
+        if not 0 < r.backoff <= 1:
+            problems.append(f"rollback backoff must be in (0, 1]; got {r.backoff}")
+        if g.consecutive < 1 or not 0 < g.fraction <= 1 or g.min_steps < 0:
+            problems.append("give_up needs consecutive >= 1 and 0 < fraction <= 1")
+        if self.clip is not None and (
+            self.clip.z <= 0 or not 0 < self.clip.alpha < 1 or self.clip.warmup < 2
+        ):
+            problems.append("clip needs z > 0, 0 < alpha < 1 and warmup >= 2")
+        if problems:
+            raise UsageError("policy: " + "; ".join(problems))
+
+    @property
+    def name(self) -> str:
+        measures = [m for m, on in (("quarantine", self.quarantine), ("clip", self.clip is not None)) if on]
+        return "+".join([*measures, self.handler])
+
+    @property
+    def recovers(self) -> bool:
+        """Whether the run goes on after a failure with the failing update undone."""
+        return self.handler in ("skip", "rollback")
+
+    def decide(self, event: Event) -> Decision:
+        cause = event.diagnosis.cause
+        samples = (
+            tuple(cause.samples) if self.quarantine and cause.samples and cause.kind in _SAMPLE_KINDS else ()
+        )
+        if self.handler == "stop":
+            return Decision(Action.STOP, samples)
+        if self.handler == "warn":
+            return Decision(Action.CONTINUE)
+        limit = self._limit(event)
+        if limit:
+            return Decision(Action.STOP, samples, f"gave up: {limit}")
+        if self.handler == "rollback":
+            if event.snapshot:
+                return Decision(Action.ROLLBACK, samples)
+            if not event.applied:
+                return Decision(Action.SKIP, samples, "no snapshot to roll back to yet: the step was skipped")
+            return Decision(Action.STOP, samples, "the update was already applied and no snapshot exists")
+        if event.applied:
+            return Decision(
+                Action.STOP,
+                samples,
+                "the failing update was already applied (weights written non-finite by optimizer.step()), "
+                "so skipping cannot undo it; use rollback",
+            )
+        return Decision(Action.SKIP, samples)
+
+    def _limit(self, event: Event) -> str:
+        g = self.give_up
+        if event.consecutive > g.consecutive:
+            return f"{event.consecutive} failed steps in a row (limit {g.consecutive})"
+        steps = max(event.steps, 1)
+        if event.steps >= g.min_steps and event.failures > g.fraction * steps:
+            return f"{event.failures} failed steps out of {steps} (limit {g.fraction:.0%})"
+        return ""
 
 
-@dataclass(frozen=True, slots=True)
-class Stop(Policy):
-    """Diagnose, write the report, raise :class:`nanscope.NonFiniteError` (weights are still pre-step)."""
+def make_policy(spec: str | Policy, **options: object) -> Policy:
+    """A policy from a spec such as ``"quarantine+rollback"`` (or a :class:`Policy`, returned as is).
 
-    name: str = "stop"
-
-    def decide(self, diagnosis: Diagnosis, first: bool) -> Action:
-        return Action.STOP
-
-
-@dataclass(frozen=True, slots=True)
-class Warn(Policy):
-    """Diagnose the first occurrence, warn, and let training go on; later occurrences are counted."""
-
-    name: str = "warn"
-
-    def decide(self, diagnosis: Diagnosis, first: bool) -> Action:
-        return Action.CONTINUE
-
-
-POLICIES: dict[str, type[Policy]] = {"stop": Stop, "warn": Warn}
-
-
-def make_policy(spec: str | Policy) -> Policy:
+    ``options`` are :class:`Policy` fields (``quarantine_file=``, ``rollback=RollbackOptions(...)``, ...).
+    """
     if isinstance(spec, Policy):
-        return spec
-    cls = POLICIES.get(spec) if isinstance(spec, str) else None
-    if cls is None:
-        raise UsageError(f"unknown policy {spec!r}; available: {', '.join(sorted(POLICIES))}")
-    return cls()
+        return replace(spec, **options) if options else spec  # type: ignore[arg-type]
+    if not isinstance(spec, str) or not spec.strip():
+        raise UsageError(f"policy must be a string such as 'stop' or 'quarantine+rollback'; got {spec!r}")
+    parts = [p.strip() for p in spec.split("+")]
+    unknown = [p for p in parts if p not in HANDLERS + MEASURES]
+    if unknown:
+        raise UsageError(
+            f"unknown policy part(s) {', '.join(map(repr, unknown))} in {spec!r}; handlers: "
+            f"{', '.join(HANDLERS)}; measures (combine with +): {', '.join(MEASURES)}"
+        )
+    if len(set(parts)) != len(parts):
+        raise UsageError(f"policy {spec!r} names a part twice")
+    handlers = [p for p in parts if p in HANDLERS]
+    if len(handlers) > 1:
+        raise UsageError(
+            f"policy {spec!r} combines {' and '.join(handlers)}: choose one way to handle a failing step "
+            f"({', '.join(HANDLERS)})"
+        )
+    quarantine = "quarantine" in parts
+    handler = handlers[0] if handlers else ("skip" if quarantine else "stop")
+    return Policy(
+        handler=handler,
+        quarantine=quarantine,
+        clip=ClipOptions() if "clip" in parts else None,
+        **options,  # type: ignore[arg-type]
+    )

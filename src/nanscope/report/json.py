@@ -18,9 +18,12 @@ from typing import Any
 from nanscope.report.model import (
     Cause,
     Detection,
+    EarlyWarning,
     Evidence,
     FirstNonFinite,
     History,
+    Intervention,
+    Outcome,
     Report,
 )
 
@@ -126,4 +129,29 @@ def loads(text: str) -> Report:
         steps=data.get("steps", 0),
         detections=tuple(Detection(d["step"], d["where"]) for d in data.get("detections", ())),
         detections_dropped=data.get("detections_dropped", 0),
+        interventions=tuple(
+            Intervention(i["step"], i["kind"], i["detail"], _restore(i.get("data", {})))
+            for i in data.get("interventions", ())
+        ),
+        early_warnings=tuple(
+            EarlyWarning(
+                step=w["step"],
+                series=w["series"],
+                value=float(_number(w["value"])),  # type: ignore[arg-type]
+                baseline=float(_number(w["baseline"])),  # type: ignore[arg-type]
+                score=float(_number(w["score"])),  # type: ignore[arg-type]
+                layers=tuple(w.get("layers", ())),
+                nonfinite_after=w.get("nonfinite_after"),
+            )
+            for w in data.get("early_warnings", ())
+        ),
+        outcome=None if data.get("outcome") is None else _outcome(data["outcome"]),
     )
+
+
+def _outcome(data: dict[str, Any]) -> Outcome:
+    known = {f.name for f in dataclasses.fields(Outcome)}
+    values: dict[str, Any] = {
+        k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known
+    }
+    return Outcome(**values)

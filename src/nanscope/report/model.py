@@ -112,6 +112,56 @@ class Detection:
 
 
 @dataclass(frozen=True, slots=True)
+class Intervention:
+    """One thing a recovery policy did to the run.
+
+    ``kind``: ``skip`` (the step's update was discarded), ``rollback`` (weights, buffers, optimizer, scheduler,
+    RNG and scaler restored to snapshot ``data["to_step"]``), ``quarantine`` (samples excluded from later
+    batches), ``give_up`` (the policy's limits were reached and the run was stopped).
+    """
+
+    step: int
+    kind: Literal["skip", "rollback", "quarantine", "give_up"]
+    detail: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class EarlyWarning:
+    """A loss or grad-norm spike: ``value`` against its running ``baseline`` (robust z-score ``score``).
+
+    ``layers`` are the parameters whose gradient norm grew the most against their own recent values;
+    ``nonfinite_after`` is the number of steps until the first non-finite value, when one followed.
+    """
+
+    step: int
+    series: Literal["loss", "grad_norm"]
+    value: float
+    baseline: float
+    score: float
+    layers: tuple[str, ...] = ()
+    nonfinite_after: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What recovery cost and achieved (present under the recovering policies and ``clip``)."""
+
+    failed_steps: int = 0
+    skipped_steps: int = 0
+    rollbacks: int = 0
+    steps_undone: int = 0  # completed steps whose effect rollbacks threw away
+    quarantined: tuple[int, ...] = ()
+    clipped_steps: int = 0
+    clip_rate: float = 0.0  # clipped steps / steps watched
+    snapshots: int = 0
+    snapshot_seconds: float = 0.0  # total time spent taking snapshots
+    snapshot_bytes: int = 0  # size of one snapshot
+    recovery_seconds: float = 0.0  # time spent restoring snapshots and diagnosing repeat failures
+    gave_up: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Report:
     """Everything nanscope concluded about one watched run."""
 
@@ -125,6 +175,9 @@ class Report:
     steps: int = 0
     detections: tuple[Detection, ...] = ()
     detections_dropped: int = 0
+    interventions: tuple[Intervention, ...] = ()
+    early_warnings: tuple[EarlyWarning, ...] = ()
+    outcome: Outcome | None = None
     schema: str = SCHEMA
 
     def __post_init__(self) -> None:

@@ -22,10 +22,29 @@ MISSING = object()
 _records: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictionary()
 
 
-def patched_next_index(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+def _without(index: Any, excluded: frozenset[int]) -> Any:
+    """The sampler's batch without the excluded indices (``None`` when nothing is left of it)."""
+    if isinstance(index, int):
+        return None if index in excluded else index
+    kept = [i for i in index if int(i) not in excluded]
+    return kept or None
+
+
+def patched_next_index(
+    original: Callable[[Any], Any], excluded: Callable[[Any], frozenset[int]] | None = None
+) -> Callable[[Any], Any]:
+    """``excluded(dataset)``: quarantined indices, dropped from every batch the sampler draws (a batch left
+    empty is replaced by the sampler's next one)."""
+
     @functools.wraps(original)
     def _next_index(it: Any) -> Any:
         index = original(it)
+        if excluded is not None:
+            skip = excluded(getattr(it, "_dataset", None))
+            if skip:
+                index = _without(index, skip)
+                while index is None:
+                    index = _without(original(it), skip)  # StopIteration ends the epoch as usual
         try:
             record = _records.get(it)
             if record is None:

@@ -1,8 +1,8 @@
 """The few global patches nanscope needs, installed while at least one watcher is open, removed after.
 
 * ``torch.autograd.backward``: sees every tensor handed to ``backward()`` (``Tensor.backward`` calls it).
-* ``_BaseDataLoaderIter._next_index`` / ``__next__``: learns the dataset indices of every batch
-  (:mod:`nanscope.watching.data`).
+* ``_BaseDataLoaderIter._next_index`` / ``__next__``: learns the dataset indices of every batch and drops
+  quarantined samples from them (:mod:`nanscope.watching.data`).
 * ``torch.optim.Optimizer.__init__``: in zero-code mode, learns of every optimizer the moment it exists.
 
 Each patch is a thin dispatcher to the open watchers; :func:`installed` tells a test what is in place.
@@ -73,6 +73,13 @@ def _refeed(dataset: Any) -> Any:
     return _data.MISSING
 
 
+def _excluded(dataset: Any) -> frozenset[int]:
+    found: frozenset[int] = frozenset()
+    for watcher in tuple(_watchers):
+        found |= watcher._excluded(dataset)
+    return found
+
+
 def _set(owner: Any, name: str, value: Any) -> None:
     _originals[(owner, name)] = owner.__dict__[name] if name in owner.__dict__ else getattr(owner, name)
     setattr(owner, name, value)
@@ -82,7 +89,7 @@ def _install() -> None:
     _set(torch.autograd, "backward", _patched_backward(torch.autograd.backward))
     _set(torch.optim.Optimizer, "__init__", _patched_optimizer_init(torch.optim.Optimizer.__init__))
     base = _dl._BaseDataLoaderIter
-    _set(base, "_next_index", _data.patched_next_index(base._next_index))
+    _set(base, "_next_index", _data.patched_next_index(base._next_index, _excluded))
     _set(base, "__next__", _data.patched_next(base.__next__, _on_batch, _refeed))
 
 

@@ -32,6 +32,10 @@ class Iteration:
     scaler_step: bool | None = None  # None until a step starts; True when a GradScaler drives it
     rng: RngState | None = None  # RNG at the first training forward (kept only when a step_fn can replay)
     bad_buffers_at_start: tuple[str, ...] = ()
+    failed: bool = False  # a non-finite value was handled for this iteration
+    discard: bool = False  # the policy discards this iteration's update
+    clip_threshold: float | None = None  # the grad-norm limit clipping applied at this step
+    settled: bool = False  # every value read and the recovery bookkeeping done
 
     def release(self) -> None:
         if self.done and self.pending == 0:
@@ -45,3 +49,4 @@ class Tracked:
     steps: int = 0
     checked: bool = False
     bad_before: tuple[str, ...] = ()
+    readings: list[Any] = field(default_factory=list)  # this step's gradient probe (for clipping)

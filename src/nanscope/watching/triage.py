@@ -26,28 +26,27 @@ from nanscope.detect.scan import (
 from nanscope.errors import NonFiniteError, NonFiniteWarning
 from nanscope.localize.replay import replay
 from nanscope.localize.trace import OpFinding, OpTracer
-from nanscope.recover.policy import Action, Stop
+from nanscope.recover.policy import Action, Event
 from nanscope.report import json as report_json
 from nanscope.report.model import Detection, Evidence, Where
+from nanscope.watching.recovery import Recovery
 from nanscope.watching.refeed import Refeed
 from nanscope.watching.state import Iteration, Tracked
 
 if TYPE_CHECKING:
-    from collections import deque
     from collections.abc import Callable, Sequence
 
     from nanscope.detect.diagnose import Diagnosis
     from nanscope.recover.policy import Policy
     from nanscope.report.model import Report
     from nanscope.watching.discovery import Naming
-    from nanscope.watching.probes import Reading
 
 __all__ = ["Triage"]
 
 _MAX_DETECTIONS = 100
 
 
-class Triage:
+class Triage(Recovery):
     """Diagnosis and replay methods of the watcher (see the module docstring).
 
     The state and the hot-path helpers it reads are the watcher's; they are declared here for type checking.
@@ -65,18 +64,11 @@ class Triage:
     _detections_dropped: int
     _stopped: bool
     _replaying: bool
-    _layer_norms: deque[tuple[list[torch.Tensor], list[Reading], list[list[float]]]]
 
     def report(self) -> Report:
         raise NotImplementedError
 
-    def _params(self, opt: torch.optim.Optimizer) -> list[torch.Tensor]:
-        raise NotImplementedError
-
     def _name(self, opt_index: int, params: Sequence[torch.Tensor], i: int) -> str:
-        raise NotImplementedError
-
-    def _all_buffers(self) -> list[tuple[str, torch.Tensor]]:
         raise NotImplementedError
 
     def _trigger(
@@ -88,21 +80,28 @@ class Triage:
         tracked: Tracked | None = None,
         hyperparameters: tuple[BadHyperparameter, ...] | None = None,
     ) -> None:
-        if self._diagnosis is not None:
-            seen = (self._diagnosis.first.step, *(d.step for d in self._detections[-1:]))
-            if it.step not in seen:
-                if len(self._detections) < _MAX_DETECTIONS:
-                    self._detections.append(Detection(it.step, where))
-                else:
-                    self._detections_dropped += 1
+        if self._refeed is not None or it.failed:
+            return  # parked until its replay, or this iteration's failure is already handled
+        if self._diagnosis is not None and not self._policy.recovers:
+            self._detected(it.step, where)
             return
-        if self._refeed is not None:
-            return  # the finding is parked until its replay
-        obs = self._observe(it, where, names, tracked, hyperparameters)
-        if self._can_refeed(it, obs):
+        it.failed = True
+        first = self._diagnosis is None
+        obs = self._observe(it, where, names, tracked, hyperparameters, replay=first)
+        if first and self._can_refeed(it, obs):
             self._refeed = self._plan_refeed(it, obs)
             return
-        self._conclude(obs)
+        self._conclude(obs, it)
+
+    def _detected(self, step: int, where: Where) -> None:
+        """A later non-finite event: recorded once per step."""
+        assert self._diagnosis is not None
+        seen = (self._diagnosis.first.step, *(d.step for d in self._detections[-1:]))
+        if step not in seen:
+            if len(self._detections) < _MAX_DETECTIONS:
+                self._detections.append(Detection(step, where))
+            else:
+                self._detections_dropped += 1
 
     def _can_refeed(self, it: Iteration, obs: Observation) -> bool:
         return (
@@ -159,18 +158,79 @@ class Triage:
         self._conclude(
             replace(
                 refeed.observation, op=finding, op_samples=samples, op_whole_batch=whole, replay_note=note
-            )
+            ),
+            self._it,
         )
 
-    def _conclude(self, obs: Observation) -> None:
-        self._diagnosis = diagnose(obs)
+    def _conclude(self, obs: Observation, it: Iteration) -> None:
+        diagnosis = diagnose(obs)
+        first = self._diagnosis is None
+        if first:
+            self._diagnosis = diagnosis
+        else:
+            self._detected(obs.step, obs.trigger)
+        self._failures += 1
+        self._consecutive += 1
+        applied = it.done or obs.trigger == "parameters" or diagnosis.cause.kind == "nonfinite_parameters"
+        decision = self._policy.decide(
+            Event(
+                diagnosis=diagnosis,
+                step=obs.step,
+                applied=applied,
+                consecutive=self._consecutive,
+                failures=self._failures,
+                steps=self._step(),
+                snapshot=self._snapshots is not None and self._snapshots.best() is not None,
+                first=first,
+            )
+        )
+        if decision.quarantine:
+            self._quarantine_samples(decision.quarantine, diagnosis, it, obs.step)
+        if decision.action is Action.STOP:
+            if decision.reason:
+                self._gave_up = decision.reason.startswith("gave up")
+                self._record(obs.step, "give_up", decision.reason)
+            self._stopped = True
+            report = self.report()
+            if self._report_path:
+                report_json.write(report, self._report_path)
+            raise NonFiniteError(report)
+        if decision.action is Action.SKIP:
+            it.discard = True
+            self._skipped += 1
+            why = f" ({decision.reason})" if decision.reason else ""
+            self._record(obs.step, "skip", f"{diagnosis.cause.kind}: the update was discarded{why}")
+        elif decision.action is Action.ROLLBACK:
+            it.discard = True
+            self._rollback_due = True
         report = self.report()
         if self._report_path:
             report_json.write(report, self._report_path)
-        if self._policy.decide(self._diagnosis, first=True) is Action.STOP:
-            self._stopped = True
-            raise NonFiniteError(report)
-        warnings.warn(report.headline(), NonFiniteWarning, stacklevel=4)
+        if first or self._failures % 10 == 0:
+            action = {Action.SKIP: "step skipped", Action.ROLLBACK: "rolling back"}.get(decision.action)
+            more = f" ({action}; {self._failures} failed step(s) so far)" if action else ""
+            text = report.headline() if first else f"non-finite {obs.trigger} at step {obs.step}"
+            warnings.warn(text + more, NonFiniteWarning, stacklevel=4)
+
+    def _quarantine_samples(
+        self, samples: tuple[int, ...], diagnosis: Diagnosis, it: Iteration, step: int
+    ) -> None:
+        if self._quarantine is None:
+            return
+        datasets = [d for _, _, _, d in it.batches if d is not None]
+        if not datasets:
+            return
+        reason = f"{diagnosis.cause.kind} at step {step}: {diagnosis.cause.summary}"[:300]
+        new = self._quarantine.add(datasets[-1], samples, reason, step)
+        if new:
+            where = f"; kept in {self._quarantine.path}" if self._quarantine.path else ""
+            self._record(
+                step,
+                "quarantine",
+                f"samples {', '.join(map(str, new[:20]))} excluded from later batches ({diagnosis.cause.kind}){where}",
+                samples=list(new),
+                cause=diagnosis.cause.kind,
+            )
 
     def _observe(
         self,
@@ -179,6 +239,7 @@ class Triage:
         names: tuple[str, ...],
         tracked: Tracked | None,
         hyperparameters: tuple[BadHyperparameter, ...] | None,
+        replay: bool = True,
     ) -> Observation:
         hps: list[BadHyperparameter] = list(hyperparameters or ())
         if hyperparameters is None:
@@ -203,7 +264,8 @@ class Triage:
         output_finite = None if not it.output_sums else all(math.isfinite(float(v)) for v in it.output_sums)
         notes = self._optimizer_notes(tracked, names) if where == "parameters" and tracked is not None else ()
         op, op_samples, whole = None, None, False
-        if where in ("loss", "gradients") and not hps and not before and all(scan.clean for scan in scans):
+        clean = not hps and not before and all(scan.clean for scan in scans)
+        if replay and where in ("loss", "gradients") and clean:
             op, op_samples, whole = self._replay(it, where)
         return Observation(
             step=it.step,
@@ -245,9 +307,9 @@ class Triage:
             return "no replay: the failing step's state is gone (read late on the device; use eager=True)"
         if self._step_fn is not None:
             return None
-        if not isinstance(self._policy, Stop):
+        if self._policy.handler == "warn":
             return (
-                f"no replay under policy {self._policy.name!r} (replaying changes the run): use policy 'stop', "
+                "no replay under policy 'warn' (replaying changes the run): use 'stop', 'skip' or 'rollback', "
                 "or pass step_fn=... to nanscope.watch"
             )
         if it.batches[-1][3] is None:

@@ -33,7 +33,7 @@ from nanscope.detect.scan import (
 )
 from nanscope.errors import InternalErrorWarning, NonFiniteError, UsageError
 from nanscope.localize.replay import RngState
-from nanscope.recover.policy import Policy, Stop, make_policy
+from nanscope.recover.policy import Policy, make_policy
 from nanscope.report import json as report_json
 from nanscope.report.model import Detection, History, Report
 from nanscope.watching import patches
@@ -84,6 +84,7 @@ class Watcher(Triage):
         track_data: bool = True,
         eager: bool = False,
         step_fn: Callable[[Any], object] | None = None,
+        quarantine: str | None = None,
     ) -> None:
         problems = []
         try:
@@ -118,7 +119,8 @@ class Watcher(Triage):
         self._skip: set[int] = set()  # optimizers whose current step is skipped (the failing step, replayed)
         self._track_data = track_data
         self._report_path = report_path
-        self._reader = DeviceReader(eager=eager)
+        # skipping needs each step's verdict before its update: read at once (a sync per step on CUDA)
+        self._reader = DeviceReader(eager=eager or self._policy.handler == "skip")
         self._prober = Prober()
         self._naming = Naming()
         self._naming.set_models(models)
@@ -140,6 +142,7 @@ class Watcher(Triage):
         self._closed = False
         self._final: Report | None = None
         self._buffers: list[tuple[str, torch.Tensor]] | None = None
+        self._init_recovery(quarantine)
         patches.activate(self)
         try:
             self._hook_roots(models.values())
@@ -185,7 +188,7 @@ class Watcher(Triage):
                     refeed, self._refeed = self._refeed, None
                     refeed.stop()
                     note = "no replay: the training loop ended before the failing batch could be run again"
-                    self._conclude(replace(refeed.observation, replay_note=note))
+                    self._conclude(replace(refeed.observation, replay_note=note), self._it)
         try:
             if not self._broken:
                 self._guard(self._reader.flush)
@@ -193,6 +196,8 @@ class Watcher(Triage):
             self._detach()
             self._closed = True
             self._final = self.report()
+            if self._snapshots is not None:
+                self._snapshots.close()
             self._it = Iteration(step=self._it.step)
             if self._report_path:
                 report_json.write(self._final, self._report_path)
@@ -240,6 +245,9 @@ class Watcher(Triage):
             steps=self._step(),
             detections=tuple(self._detections),
             detections_dropped=self._detections_dropped,
+            interventions=tuple(self._interventions),
+            early_warnings=self._early_warnings(None if diag is None else diag.first.step),
+            outcome=self._outcome(),
         )
 
     # ---------------------------------------------------------------- plumbing
@@ -261,6 +269,13 @@ class Watcher(Triage):
                 InternalErrorWarning,
                 stacklevel=3,
             )
+
+    def _release(self, it: Iteration) -> None:
+        """Drop what the iteration no longer needs; once its values are all read, settle it (recovery)."""
+        it.release()
+        if it.done and it.pending == 0 and not it.settled:
+            it.settled = True
+            self._settled(it)
 
     def _step(self) -> int:
         tracked = self._tracked.values()
@@ -312,9 +327,12 @@ class Watcher(Triage):
             if self._refeed.stage is Stage.ARMED:
                 self._guard(self._refeed.start)
             return
+        if self._rollback_due:
+            self._guard(self._before_forward)
         if not self._it.forward_checked:
             self._it.forward_checked = True
-            if self._step_fn is not None or (self._track_data and isinstance(self._policy, Stop)):
+            replayable = self._policy.handler != "warn" and self._diagnosis is None
+            if self._step_fn is not None or (self._track_data and replayable):
                 self._it.rng = RngState.capture()  # so that the step can be replayed exactly
             self._guard(self._check_buffers, self._it)
 
@@ -344,6 +362,11 @@ class Watcher(Triage):
         if self._refeed is None:
             self._guard(self._check_loss, tensors)
 
+    def _excluded(self, dataset: Any) -> frozenset[int]:
+        if self._quarantine is None or self._closed or dataset is None:
+            return frozenset()
+        return self._quarantine.excluded(dataset)
+
     def _refeed_batch(self, dataset: Any) -> Any:
         """The failing batch again, for the next ``next()`` on a loader of the same Dataset (not, say, a
         validation loader that runs in between)."""
@@ -358,8 +381,11 @@ class Watcher(Triage):
 
     def _pre_hook(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._guard(self._check_before_step, opt)
+        if self._refeed is None and id(opt) not in self._skip:
+            self._guard(self._before_update, opt, self._track(opt), self._it)
 
     def _post_hook(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._guard(self._after_update, opt)
         self._guard(self._check_after_step, opt)
 
     # ---------------------------------------------------------------- the always-on checks
@@ -394,7 +420,10 @@ class Watcher(Triage):
                 self._trigger(it, "loss", ("loss",))
         elif not (math.isfinite(value) if scalar else value == 1.0):
             self._trigger(it, "loss", ("loss",))
-        it.release()
+        self._release(it)
+
+    def _discard(self, opt: torch.optim.Optimizer) -> None:
+        self._skip_step(opt)
 
     def _skip_step(self, opt: torch.optim.Optimizer) -> None:
         """Make ``opt.step()`` a no-op: optimizers leave parameters without gradients untouched (no weight,
@@ -412,7 +441,10 @@ class Watcher(Triage):
             return
         self._reader.poll()
         tracked = self._track(opt)
+        tracked.readings = []
         it = self._it
+        if it.discard or self._rollback_due:
+            return  # the policy already discarded this step (see _before_update)
         params = self._params(opt)
         if not tracked.checked:  # weights loaded after watch() but before training, e.g. a checkpoint
             tracked.checked = True
@@ -440,6 +472,7 @@ class Watcher(Triage):
             return
         grads: list[torch.Tensor] = [p.grad for p in with_grad]  # type: ignore[misc]
         readings = self._prober.probe(2 * tracked.index, with_grad, grads, squares=True)
+        tracked.readings = readings
         it.pending += 1
         self._reader.submit(
             [r.vector for r in readings],
@@ -467,14 +500,14 @@ class Watcher(Triage):
             if bad:
                 it.grad_sq = sq
                 self._trigger(it, "gradients", tuple(bad))
-                it.release()
+                self._release(it)
                 return
             # finite gradients whose float32 squares overflowed: measure the norm exactly for the history
             sq = math.fsum(
                 float(torch.linalg.vector_norm(g, dtype=torch.float64)) ** 2 for g in grads if g is not None
             )
         it.grad_sq = sq if it.grad_sq is None else it.grad_sq + sq
-        it.release()
+        self._release(it)
 
     def _all_buffers(self) -> list[tuple[str, torch.Tensor]]:
         """The buffers to watch. Buffers that hold +/-Inf but no NaN when first seen are constants by design
@@ -513,7 +546,7 @@ class Watcher(Triage):
         if bad:
             it.bad_buffers_at_start = tuple(bad)
             self._trigger(it, "parameters", tuple(bad))
-        it.release()
+        self._release(it)
 
     @staticmethod
     def _confirm(
@@ -529,6 +562,10 @@ class Watcher(Triage):
     def _check_after_step(self, opt: torch.optim.Optimizer) -> None:
         if id(opt) in self._skip:
             self._skip.discard(id(opt))
+            if self._refeed is None and self._it.discard:  # a discarded step: the next iteration starts
+                it, self._it = self._it, Iteration(step=self._step())
+                it.done = True
+                self._release(it)
             return
         tracked = self._track(opt)
         it = self._it
@@ -547,7 +584,8 @@ class Watcher(Triage):
                 self._dropped += 1
             self._history.append(it)
             self._it = Iteration(step=self._step())
-            it.release()
+            self._after_iteration()
+            self._release(it)
 
     def _params_ready(
         self,
@@ -561,7 +599,7 @@ class Watcher(Triage):
         bad = self._confirm(params, functools.partial(self._name, tracked.index, params), readings, hosts)
         if bad:
             self._trigger(it, "parameters", tuple(bad), tracked=tracked)
-        it.release()
+        self._release(it)
 
 
 def watch(
@@ -574,6 +612,7 @@ def watch(
     track_data: bool = True,
     eager: bool = False,
     step_fn: Callable[[Any], object] | None = None,
+    quarantine: str | None = None,
 ) -> Watcher:
     """Watch a training run; use as a context manager or call ``.close()``.
 
@@ -598,4 +637,5 @@ def watch(
         track_data=track_data,
         eager=eager,
         step_fn=step_fn,
+        quarantine=quarantine,
     )
