@@ -1,11 +1,13 @@
 """Early warning: a loss or grad-norm value far above its own recent level, before anything is non-finite.
 
-:class:`SpikeDetector` keeps exponential moving statistics of ``log(value)`` (mean and mean absolute
-deviation): O(1) per step, host floats only (the watcher feeds it values it has already read, so there is no
-device sync). A value is a spike when it is at least ``ratio`` times the running level *and* its robust
-z-score exceeds ``z``; the first ``warmup`` values only build the statistics. A spike enters the statistics
-clipped to the threshold, so one outlier does not lift the baseline, while a sustained rise still does (the
-level follows it and the warnings stop once the new level is normal).
+:class:`SpikeDetector` keeps exponential moving statistics of ``log(value)``: its level (mean) and its
+step-to-step noise (mean absolute change from one step to the next), O(1) per step, host floats only (the
+watcher feeds it values it has already read, so there is no device sync). A value is a spike when it is at
+least ``ratio`` times the running level *and* its distance from the level exceeds ``z`` times the noise; the
+first ``warmup`` values only build the statistics. Measuring against the step-to-step noise (not the spread
+around the level) makes a steady exponential blow-up stand out as clearly as a sudden jump: its level lags
+behind it by many steps' worth of change. A spike enters the level clipped to the threshold, so one outlier
+does not lift the baseline.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class SpikeDetector:
     ) -> None:
         self.ratio, self.z, self.alpha, self.warmup, self.floor = ratio, z, alpha, warmup, floor
         self._mean = 0.0
+        self._last = 0.0
         self._dev = 0.0
         self._seen = 0
 
@@ -41,17 +44,17 @@ class SpikeDetector:
         x = math.log(value)
         self._seen += 1
         if self._seen == 1:
-            self._mean = x
+            self._mean = self._last = x
             return None
         dev = max(self._dev, self.floor)
         score = (x - self._mean) / dev
         spike = None
         if self._seen > self.warmup and score > self.z and x - self._mean >= math.log(self.ratio):
             spike = Spike(value, math.exp(self._mean), score)
-            x = self._mean + self.z * dev
         a = self.alpha
-        self._dev = a * self._dev + (1 - a) * abs(x - self._mean)
-        self._mean = a * self._mean + (1 - a) * x
+        self._dev = a * self._dev + (1 - a) * abs(x - self._last)
+        self._last = x
+        self._mean = a * self._mean + (1 - a) * (min(x, self._mean + self.z * dev) if spike else x)
         return spike
 
 

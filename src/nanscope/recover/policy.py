@@ -8,7 +8,8 @@ A policy is one *handler* for the failing step plus optional *measures*:
 ``skip``       discard the failing step's update entirely (weights, optimizer state and step counts,
                weight decay) and go on; give up after too many failures
 ``rollback``   restore the newest snapshot confirmed good, back the learning rate off for a while,
-               and go on with the next batches; give up after too many failures
+               and go on with the next batches (a failure the batch alone explains, such as dirty
+               inputs or log(0), is only skipped); give up after too many failures
 ``quarantine`` (measure) keep the culprit samples a diagnosis names out of every later batch and in a
                file a later run applies again; alone it means ``quarantine+skip``
 ``clip``       (measure) adaptive gradient clipping from the run's own grad-norm history; alone it
@@ -45,6 +46,9 @@ MEASURES = ("quarantine", "clip")
 
 #: Kinds whose culprit samples are worth excluding: the samples themselves produce the NaN.
 _SAMPLE_KINDS = ("nonfinite_input", "domain_error", "overflow", "singular_gradient")
+#: Kinds the failing batch alone explains: under ``rollback`` such a step is only skipped (the state before it
+#: is intact), while explosions, bad updates, weights or hyperparameters, and unexplained failures roll back.
+_BATCH_KINDS = ("nonfinite_input", "domain_error", "singular_gradient")
 
 
 class Action(enum.Enum):
@@ -67,14 +71,18 @@ class GiveUp:
 @dataclass(frozen=True, slots=True)
 class RollbackOptions:
     """Snapshots every ``every`` steps, at most ``keep`` of them (in memory, or as files in ``directory``);
-    one counts as good once ``confirm`` later steps stayed finite. After a rollback the learning rate is
-    multiplied by ``backoff`` for ``cooldown`` steps."""
+    one counts as good once ``confirm`` later steps stayed finite.
+
+    Each rollback multiplies the learning rate by ``backoff`` once more (0.5, then 0.25, ...); every
+    ``cooldown`` steps without a failure undo one of those factors, so a one-off failure costs a while at a
+    lower rate. A failure after such a relaxation shows that the rate itself is too high: from then on the
+    back-off is kept for the rest of the run. ``cooldown=None`` keeps it from the first rollback."""
 
     every: int = 50
     keep: int = 2
     confirm: int = 10
     backoff: float = 0.5
-    cooldown: int = 100
+    cooldown: int | None = 100
     directory: str | None = None
 
 
@@ -128,8 +136,8 @@ class Policy:
                 "already non-finite when the samples are excluded; use quarantine+skip or quarantine+rollback"
             )
         r, g = self.rollback, self.give_up
-        if r.every < 1 or r.keep < 1 or r.confirm < 0 or r.cooldown < 0:
-            problems.append("rollback needs every >= 1, keep >= 1, confirm >= 0 and cooldown >= 0")
+        if r.every < 1 or r.keep < 1 or r.confirm < 0 or (r.cooldown is not None and r.cooldown < 1):
+            problems.append("rollback needs every >= 1, keep >= 1, confirm >= 0 and cooldown >= 1 (or None)")
         if not 0 < r.backoff <= 1:
             problems.append(f"rollback backoff must be in (0, 1]; got {r.backoff}")
         if g.consecutive < 1 or not 0 < g.fraction <= 1 or g.min_steps < 0:
@@ -160,10 +168,13 @@ class Policy:
             return Decision(Action.STOP, samples)
         if self.handler == "warn":
             return Decision(Action.CONTINUE)
-        limit = self._limit(event)
+        limit = "" if samples else self._limit(event)  # a failure whose samples are excluded is progress
         if limit:
             return Decision(Action.STOP, samples, f"gave up: {limit}")
         if self.handler == "rollback":
+            if not event.applied and cause.kind in _BATCH_KINDS:
+                reason = f"{cause.kind}: the batch explains the failure and the weights before it are intact"
+                return Decision(Action.SKIP, samples, reason)
             if event.snapshot:
                 return Decision(Action.ROLLBACK, samples)
             if not event.applied:

@@ -132,10 +132,12 @@ class Naming:
     def module(self, m: nn.Module) -> str | None:
         return self._modules.get(id(m))
 
-    def buffers(self) -> list[tuple[str, torch.Tensor]]:
+    def buffers(self, floating_only: bool = True) -> list[tuple[str, torch.Tensor]]:
+        """Every model's buffers, named; ``floating_only=False`` adds counters such as BatchNorm's
+        ``num_batches_tracked`` (restored on rollback, never checked for NaN)."""
         out = []
         for prefix, model in self.models.items():
             for name, b in model.named_buffers():
-                if b.is_floating_point():
+                if b.is_floating_point() or not floating_only:
                     out.append((prefix + name, b))
         return out

@@ -45,6 +45,7 @@ __all__ = ["Recovery"]
 
 _MAX_RECORDS = 100
 _WARN_EVERY = 50  # steps between two spike warnings of the same series
+_EPISODE = 10  # spikes of one series less than this many steps apart are one episode (one record)
 
 
 class Recovery:
@@ -72,6 +73,7 @@ class Recovery:
         self._spikes = {"loss": SpikeDetector(ratio=2.0), "grad_norm": SpikeDetector(ratio=4.0)}
         self._last_warned = {"loss": -_WARN_EVERY, "grad_norm": -_WARN_EVERY}
         self._early: list[EarlyWarning] = []
+        self._episode: dict[str, int] = {}  # series -> step of its last spike
         self._interventions: list[Intervention] = []
         self._interventions_dropped = 0
         self._failures = 0
@@ -83,7 +85,10 @@ class Recovery:
         self._recovery_seconds = 0.0
         self._gave_up = False
         self._rollback_due = False
-        self._cooldown_until = -1
+        self._backoff_level = 0  # rollbacks whose LR back-off is still in force
+        self._calm_since = 0  # step of the last rollback or back-off relaxation
+        self._backoff_relaxed = False  # a back-off was relaxed once
+        self._backoff_kept = False  # ...and failed again: the lower rate stays for the rest of the run
         self._lr_saved: dict[int, list[tuple[dict[str, Any], float]]] = {}
         self._state: State | None = None
 
@@ -132,7 +137,7 @@ class Recovery:
         """Parameters, buffers, optimizers, and the LR schedulers and GradScalers found at the first call."""
         optimizers = [o for t in self._tracked.values() if (o := t.optimizer()) is not None]
         params = list({id(p): p for o in optimizers for p in self._params(o)}.values())
-        buffers = [b for _, b in self._naming.buffers()]
+        buffers = [b for _, b in self._naming.buffers(floating_only=False)]
         if self._state is None:
             schedulers, scalers = _schedulers_and_scalers(optimizers)
             self._state = State(params, buffers, optimizers, schedulers, scalers)
@@ -155,8 +160,8 @@ class Recovery:
             return
         if self._snapshots is not None and not self._snapshots.items and self._step() == 0:
             self._snapshots.take(0, self._live_state())  # the state before the first update
-        if self._step() < self._cooldown_until:
-            factor = self._policy.rollback.backoff
+        if self._backoff_level:
+            factor = self._policy.rollback.backoff**self._backoff_level
             saved = []
             for group in opt.param_groups:
                 lr = group.get("lr")
@@ -206,24 +211,42 @@ class Recovery:
         step = self._step()
         self._rollbacks += 1
         self._undone += step - snap.step
-        self._cooldown_until = step + self._policy.rollback.cooldown
+        self._backoff_level += 1
+        self._backoff_kept = self._backoff_kept or self._backoff_relaxed
+        self._calm_since = step
         options = self._policy.rollback
+        factor = options.backoff**self._backoff_level
+        until = (
+            "for the rest of the run"
+            if options.cooldown is None or self._backoff_kept
+            else f"one factor undone per {options.cooldown} steps without failure"
+        )
         self._record(
             step,
             "rollback",
             f"restored the snapshot of step {snap.step} ({'confirmed good' if good else 'not yet confirmed'}"
-            f"; {step - snap.step} steps undone); lr x{options.backoff} for {options.cooldown} steps",
+            f"; {step - snap.step} steps undone); lr x{factor:g} ({until})",
             to_step=snap.step,
             confirmed=good,
             steps_undone=step - snap.step,
-            backoff=options.backoff,
+            lr_factor=factor,
             cooldown=options.cooldown,
         )
 
     def _after_iteration(self) -> None:
-        """A step completed (all optimizers stepped): take a snapshot when one is due."""
+        """A step completed (all optimizers stepped): relax the back-off, take a snapshot when one is due."""
         snaps = self._snapshots
         step = self._step()
+        cooldown = self._policy.rollback.cooldown
+        if (
+            self._backoff_level
+            and cooldown is not None
+            and not self._backoff_kept
+            and step - self._calm_since >= cooldown
+        ):
+            self._backoff_level -= 1
+            self._backoff_relaxed = True
+            self._calm_since = step
         if snaps is not None and snaps.due(step) and not self._rollback_due:
             snaps.take(step, self._live_state())
 
@@ -257,8 +280,11 @@ class Recovery:
                     before.append(_named_norms(self, p_before, r_before, v_before)[1])
             layers = rising_layers(names, now, before)
         warning = EarlyWarning(step, series, value, baseline, score, layers)
-        if len(self._early) < _MAX_RECORDS:
+        episode = self._episode.get(series)
+        new_episode = episode is None or step - episode > _EPISODE  # not the next step of the last one
+        if new_episode and len(self._early) < _MAX_RECORDS:
             self._early.append(warning)
+        self._episode[series] = step
         if step - self._last_warned[series] >= _WARN_EVERY:
             self._last_warned[series] = step
             where = f"; rising fastest: {', '.join(layers)}" if layers else ""
@@ -291,13 +317,20 @@ def _schedulers_and_scalers(optimizers: Sequence[torch.optim.Optimizer]) -> tupl
     scaler_types = tuple(
         t for t in (getattr(torch.amp, "GradScaler", None), getattr(torch.cuda.amp, "GradScaler", None)) if t
     )
-    for obj in gc.get_objects():
-        try:
-            if isinstance(obj, (LRScheduler, ReduceLROnPlateau)):
-                if id(getattr(obj, "optimizer", None)) in wanted:
-                    schedulers.append(obj)
-            elif scaler_types and isinstance(obj, scaler_types):
-                scalers.append(obj)
-        except ReferenceError:  # weak proxies
-            continue
+    with warnings.catch_warnings():  # isinstance() on deprecated module proxies warns
+        warnings.simplefilter("ignore")
+        found = [o for o in gc.get_objects() if _is(o, (LRScheduler, ReduceLROnPlateau, *scaler_types))]
+    for obj in found:
+        if isinstance(obj, (LRScheduler, ReduceLROnPlateau)):
+            if id(getattr(obj, "optimizer", None)) in wanted:
+                schedulers.append(obj)
+        else:
+            scalers.append(obj)
     return schedulers, scalers
+
+
+def _is(obj: Any, types: tuple[type, ...]) -> bool:
+    try:
+        return isinstance(obj, types)
+    except ReferenceError:  # a dead weak proxy
+        return False

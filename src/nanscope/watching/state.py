@@ -36,10 +36,12 @@ class Iteration:
     discard: bool = False  # the policy discards this iteration's update
     clip_threshold: float | None = None  # the grad-norm limit clipping applied at this step
     settled: bool = False  # every value read and the recovery bookkeeping done
+    # (buffer, copy) at the first training forward, under skip/rollback: a discarded step puts them back
+    buffers_before: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
     def release(self) -> None:
         if self.done and self.pending == 0:
-            self.batches, self.output_sums, self.rng = [], [], None
+            self.batches, self.output_sums, self.rng, self.buffers_before = [], [], None, []
 
 
 @dataclass(eq=False)

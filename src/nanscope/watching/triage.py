@@ -86,9 +86,9 @@ class Triage(Recovery):
             self._detected(it.step, where)
             return
         it.failed = True
-        first = self._diagnosis is None
-        obs = self._observe(it, where, names, tracked, hyperparameters, replay=first)
-        if first and self._can_refeed(it, obs):
+        replay = self._diagnosis is None or self._policy.recovers  # recovering runs localize every event
+        obs = self._observe(it, where, names, tracked, hyperparameters, replay=replay)
+        if replay and self._can_refeed(it, obs):
             self._refeed = self._plan_refeed(it, obs)
             return
         self._conclude(obs, it)

@@ -331,9 +331,11 @@ class Watcher(Triage):
             self._guard(self._before_forward)
         if not self._it.forward_checked:
             self._it.forward_checked = True
-            replayable = self._policy.handler != "warn" and self._diagnosis is None
+            replayable = self._policy.handler != "warn" and (self._diagnosis is None or self._policy.recovers)
             if self._step_fn is not None or (self._track_data and replayable):
                 self._it.rng = RngState.capture()  # so that the step can be replayed exactly
+            if self._policy.recovers:
+                self._guard(self._keep_buffers, self._it)
             self._guard(self._check_buffers, self._it)
 
     def _on_output(self, module: nn.Module, inputs: Any, output: Any) -> None:
@@ -521,6 +523,12 @@ class Watcher(Triage):
             self._buffers = watched
         return self._buffers
 
+    def _keep_buffers(self, it: Iteration) -> None:
+        with torch.no_grad():
+            it.buffers_before = [
+                (b, b.detach().clone()) for _, b in self._naming.buffers(floating_only=False)
+            ]
+
     def _check_buffers(self, it: Iteration) -> None:
         """Buffers (BatchNorm statistics, ...) as they enter the iteration's first training forward."""
         self._reader.poll()
@@ -564,6 +572,9 @@ class Watcher(Triage):
             self._skip.discard(id(opt))
             if self._refeed is None and self._it.discard:  # a discarded step: the next iteration starts
                 it, self._it = self._it, Iteration(step=self._step())
+                with torch.no_grad():  # BatchNorm statistics the failing forward moved
+                    for buffer, saved in it.buffers_before:
+                        buffer.copy_(saved)
                 it.done = True
                 self._release(it)
             return
