@@ -26,6 +26,8 @@ import diagnosis  # noqa: E402
 import harness  # noqa: E402
 import workloads  # noqa: E402
 
+import recovery  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -108,6 +110,87 @@ def sync_count(workload: workloads.Workload, config: str, steps: int) -> int:
             finally:
                 torch.cuda.set_sync_debug_mode("default")
     return sum("synchroniz" in str(w.message).lower() for w in caught)
+
+
+def recovery_section(quick: bool) -> list[str]:
+    cpu = torch.device("cpu")
+    costs = [recovery.snapshot_cost(build(cpu)) for build in workloads.STANDARD.values()]
+    cost_rows = [
+        [
+            c.workload,
+            f"{c.step_seconds * 1e3:.1f}",
+            f"{c.memory_seconds * 1e3:.1f} ({c.memory_seconds / c.step_seconds:.2f}x)",
+            f"{c.disk_seconds * 1e3:.1f} ({c.disk_seconds / c.step_seconds:.2f}x)",
+            f"{c.nbytes / 2**20:.1f}",
+        ]
+        for c in costs
+    ]
+    lead_rows = []
+    for name in ("exploding_regression", "exploding_deep_mlp"):
+        lead, first = recovery.lead_time(name)
+        lead_rows.append([name, "-" if first is None else str(first), "none" if lead is None else str(lead)])
+    healthy = recovery.healthy_scenarios()
+    zoo = recovery.false_warnings_zoo(healthy)
+    steps = 40 if quick else 150
+    per_workload = [
+        f"{name} {recovery.false_warnings_workload(build(cpu), steps)}"
+        for name, build in workloads.STANDARD.items()
+    ]
+    runs = [
+        recovery.recovery_run("dirty_classifier", "quarantine+rollback", "accuracy", {"clean": True}),
+        recovery.recovery_run("lr_too_high", "rollback", "loss", {"factor": 0.75}),
+        recovery.recovery_run("bad_batch_lm", "skip", "loss", {"clean": True}),
+        recovery.recovery_run("bad_batch_lm", "rollback", "loss", {"clean": True}),
+    ]
+    run_rows = [
+        [
+            r.job,
+            r.policy,
+            r.metric,
+            f"{r.plain:.4g}",
+            f"{r.baseline:.4g}",
+            f"{r.recovered:.4g}",
+            f"{(r.recovered - r.baseline) / r.baseline * 100:+.2f} %",
+            r.interventions,
+            f"{r.seconds_lost:.3f}",
+        ]
+        for r in runs
+    ]
+    return [
+        "## Recovery",
+        "",
+        recovery.__doc__.split("\n\n")[1].replace("\n", " "),
+        "",
+        "Snapshot cost (one snapshot; ms, and as a multiple of the median step):",
+        "",
+        *table(["workload", "step (ms)", "in memory", "on disk", "size (MiB)"], cost_rows),
+        "",
+        "Early warning lead time (policy `warn`; steps from the first warning linked to the NaN, to the NaN):",
+        "",
+        *table(["scenario", "first non-finite step", "lead (steps)"], lead_rows),
+        "",
+        f"False early warnings on healthy runs: {zoo} over the zoo's {len(healthy)} healthy controls; "
+        f"over {steps} steps of each benchmark workload: {', '.join(per_workload)}.",
+        "",
+        "Recovery runs (`tests/recovery`; `plain` is the run without nanscope, `baseline` the same run on clean "
+        "data or, for `lr_too_high`, at half the rate; `lost` is the report's `seconds_lost`):",
+        "",
+        *table(
+            [
+                "job",
+                "policy",
+                "metric",
+                "plain",
+                "baseline",
+                "recovered",
+                "vs baseline",
+                "actions",
+                "lost (s)",
+            ],
+            run_rows,
+        ),
+        "",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -316,6 +399,10 @@ def main(argv: list[str] | None = None) -> int:
             ),
             "",
         ]
+
+    if device.type == "cpu":
+        print("recovery ...", flush=True)
+        out += recovery_section(args.quick)
 
     out += [
         f"Total benchmark time: {time.time() - started:.0f} s; peak RSS of the benchmark process "

@@ -100,3 +100,62 @@ def test_dirty_samples_are_named_on_cuda(eager):
     assert report.cause.kind == "nonfinite_input"
     assert report.first_nonfinite.step == step
     assert list(report.cause.samples) == expected
+
+
+def test_skip_on_cuda_discards_exactly_the_bad_batch():
+    import warnings
+
+    def job(bad: bool):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 3)).cuda()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+        g = torch.Generator().manual_seed(0)
+        x, y = torch.randn(160, 6, generator=g), torch.randint(0, 3, (160,), generator=g)
+        x[69, 2] = float("nan")
+        batches = [(x[i : i + 16].cuda(), y[i : i + 16].cuda()) for i in range(0, 160, 16)]
+        if not bad:
+            del batches[4]
+        return model, opt, batches
+
+    def train(model, opt, batches):
+        for xb, yb in batches:
+            loss = nn.functional.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    ref = job(bad=False)
+    train(*ref)
+    model, opt, batches = job(bad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with nanscope.watch(model, opt, policy="skip") as w:
+            train(model, opt, batches)
+    assert [i.kind for i in w.report().interventions] == ["skip"]
+    for key, value in ref[0].state_dict().items():
+        assert torch.equal(value, model.state_dict()[key]), key
+
+
+def test_rollback_and_clip_on_cuda_without_a_sync_per_step():
+    import warnings
+
+    from nanscope.recover.policy import RollbackOptions, make_policy
+
+    model, optimizer, tokens = lm_and_data()
+    policy = make_policy("clip+rollback", rollback=RollbackOptions(every=4, confirm=2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with nanscope.watch(model, optimizer, policy=policy) as w:
+            train_steps(model, optimizer, tokens[:12])
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")  # snapshots (every 4 steps) copy to the host: not here
+            try:
+                train_steps(model, optimizer, tokens[13:15])
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            optimizer.param_groups[0]["lr"] = float("nan")
+            train_steps(model, optimizer, tokens[15:20])
+    report = w.report()
+    assert [i.kind for i in report.interventions][:1] == ["rollback"]
+    assert optimizer.param_groups[0]["lr"] == 1e-3
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -173,7 +173,7 @@ class Policy:
             return Decision(Action.STOP, samples, f"gave up: {limit}")
         if self.handler == "rollback":
             if not event.applied and cause.kind in _BATCH_KINDS:
-                reason = f"{cause.kind}: the batch explains the failure and the weights before it are intact"
+                reason = "the batch explains it and the weights before it are intact: no rollback"
                 return Decision(Action.SKIP, samples, reason)
             if event.snapshot:
                 return Decision(Action.ROLLBACK, samples)

@@ -157,7 +157,8 @@ class Outcome:
     snapshots: int = 0
     snapshot_seconds: float = 0.0  # total time spent taking snapshots
     snapshot_bytes: int = 0  # size of one snapshot
-    recovery_seconds: float = 0.0  # time spent restoring snapshots and diagnosing repeat failures
+    recovery_seconds: float = 0.0  # time spent restoring snapshots
+    seconds_lost: float = 0.0  # wall time of discarded iterations + undone steps (at the median step time)
     gave_up: bool = False
 
 

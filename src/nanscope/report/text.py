@@ -53,6 +53,41 @@ def _lines(report: Report) -> list[tuple[str, str]]:
         out.append(
             ("yellow", f"non-finite again at steps {steps} (policy {report.policy}: training went on)")
         )
+    for w in report.early_warnings[:5]:
+        label = "loss" if w.series == "loss" else "grad norm"
+        after = f"; non-finite {w.nonfinite_after} steps later" if w.nonfinite_after is not None else ""
+        layers = f"; rising fastest: {', '.join(w.layers)}" if w.layers else ""
+        out.append(
+            (
+                "yellow",
+                f"early warning: {label} spike at step {w.step}: {_fmt(w.value)} against {_fmt(w.baseline)} "
+                f"(x{w.value / w.baseline:.3g}){after}{layers}",
+            )
+        )
+    if report.interventions:
+        out.append(("bold", f"what nanscope did (policy {report.policy}):"))
+        for i in report.interventions[:12]:
+            out.append(("", f"  step {i.step}: {i.kind} - {i.detail}"))
+        if len(report.interventions) > 12:
+            out.append(("dim", f"  ... {len(report.interventions) - 12} more in the JSON report"))
+    outcome = report.outcome
+    if outcome is not None and (outcome.failed_steps or outcome.clipped_steps or outcome.quarantined):
+        parts = [f"{outcome.failed_steps} failed step(s)"]
+        if outcome.skipped_steps:
+            parts.append(f"{outcome.skipped_steps} skipped")
+        if outcome.rollbacks:
+            parts.append(f"{outcome.rollbacks} rollback(s) undoing {outcome.steps_undone} steps")
+        if outcome.quarantined:
+            parts.append(f"{len(outcome.quarantined)} sample(s) quarantined")
+        if outcome.clipped_steps:
+            parts.append(f"{outcome.clipped_steps} step(s) clipped ({outcome.clip_rate:.1%})")
+        parts.append(f"about {outcome.seconds_lost:.3g} s of training lost")
+        status = "stopped: the policy gave up" if outcome.gave_up else "the run went on"
+        out.append(("bold", f"outcome: {status}; " + ", ".join(parts)))
+        if outcome.quarantined:
+            shown = ", ".join(map(str, outcome.quarantined[:30]))
+            more = f" (+{len(outcome.quarantined) - 30} more)" if len(outcome.quarantined) > 30 else ""
+            out.append(("bold", f"  quarantined dataset samples (repair or drop them): {shown}{more}"))
     hist = report.history
     if hist.step:
         out.append(

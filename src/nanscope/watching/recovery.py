@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import math
+from collections import deque
 import time
 import warnings
 from typing import TYPE_CHECKING, Any
@@ -34,7 +35,6 @@ from nanscope.recover.snapshot import Snapshots, State
 from nanscope.report.model import EarlyWarning, Intervention, Outcome
 
 if TYPE_CHECKING:
-    from collections import deque
     from collections.abc import Sequence
 
     from nanscope.watching.discovery import Naming
@@ -91,6 +91,21 @@ class Recovery:
         self._backoff_kept = False  # ...and failed again: the lower rate stays for the rest of the run
         self._lr_saved: dict[int, list[tuple[dict[str, Any], float]]] = {}
         self._state: State | None = None
+        self._tick = time.perf_counter()  # when the last iteration ended (applied or discarded)
+        self._durations: deque[float] = deque(maxlen=64)  # wall time of the last applied iterations
+        self._seconds_lost = 0.0  # wall time of discarded iterations
+
+    def _iteration_ended(self, applied: bool) -> None:
+        now = time.perf_counter()
+        took, self._tick = now - self._tick, now
+        if applied:
+            self._durations.append(took)
+        else:
+            self._seconds_lost += took
+
+    def _median_step(self) -> float:
+        ordered = sorted(self._durations)
+        return ordered[len(ordered) // 2] if ordered else 0.0
 
     # ------------------------------------------------------------------ records
     def _record(self, step: int, kind: Any, detail: str, **data: Any) -> None:
@@ -117,6 +132,7 @@ class Recovery:
             snapshot_seconds=snaps.seconds if snaps else 0.0,
             snapshot_bytes=snaps.items[-1].nbytes if snaps and snaps.items else 0,
             recovery_seconds=self._recovery_seconds,
+            seconds_lost=self._seconds_lost + self._undone * self._median_step(),
             gave_up=self._gave_up,
         )
 

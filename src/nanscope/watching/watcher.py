@@ -575,6 +575,7 @@ class Watcher(Triage):
                 with torch.no_grad():  # BatchNorm statistics the failing forward moved
                     for buffer, saved in it.buffers_before:
                         buffer.copy_(saved)
+                self._iteration_ended(applied=False)
                 it.done = True
                 self._release(it)
             return
@@ -595,6 +596,7 @@ class Watcher(Triage):
                 self._dropped += 1
             self._history.append(it)
             self._it = Iteration(step=self._step())
+            self._iteration_ended(applied=True)
             self._after_iteration()
             self._release(it)
 
