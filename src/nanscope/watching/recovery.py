@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import gc
 import math
-from collections import deque
 import time
 import warnings
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import torch
