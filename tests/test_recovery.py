@@ -365,3 +365,39 @@ def test_healthy_runs_raise_no_early_warning():
                 train()
         assert w.report().early_warnings == (), name
         assert not [c for c in caught if issubclass(c.category, nanscope.SpikeWarning)], name
+
+
+def test_a_policy_that_gives_up_stops_the_run_with_exit_3_and_says_why(tmp_path):
+    script = str(Path(__file__).parent / "scenarios" / "lr_schedule_nan.py")
+    out = tmp_path / "r.json"
+    cmd = [sys.executable, "-m", "nanscope", "run", "--quiet", "--policy", "skip", "--json", str(out), script]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 3, result.stderr
+    report = json.loads(out.read_text())
+    kinds = [i["kind"] for i in report["interventions"]]
+    assert kinds == ["skip"] * 5 + ["give_up"]
+    assert report["interventions"][-1]["detail"] == "gave up: 6 failed steps in a row (limit 5)"
+    assert report["outcome"]["gave_up"] is True and report["cause"]["kind"] == "invalid_hyperparameter"
+
+
+def test_rollback_with_snapshots_on_disk_through_the_cli_leaves_no_files_behind(tmp_path):
+    snapshots = tmp_path / "snaps"
+    out = tmp_path / "r.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "nanscope",
+        "run",
+        "--quiet",
+        "--policy",
+        "rollback",
+        "--snapshot-every",
+        "20",
+    ]
+    cmd += ["--snapshot-dir", str(snapshots), "--json", str(out), str(RECOVERY / "lr_too_high.py")]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["finite"]
+    report = json.loads(out.read_text())
+    assert report["outcome"]["snapshots"] >= 600 // 20 and report["outcome"]["rollbacks"] >= 1
+    assert list(snapshots.iterdir()) == []  # scratch state, removed at the end
