@@ -3,7 +3,7 @@
 Snapshot cost: one ``rollback`` snapshot of a benchmark workload's full state (weights, buffers, optimizer
 state, RNG), in memory and written to disk (temporary file, fsync, rename), as a multiple of the median
 training step of the same workload, with its size. Lead time: the steps between the first early warning and
-the first non-finite value, on the zoo's explosion scenarios and the recovery jobs. False warnings: early
+the first non-finite value, on the zoo's explosion scenarios. False warnings: early
 warnings raised over healthy runs (the zoo's healthy controls and every benchmark workload). Recovery runs:
 the jobs in ``tests/recovery`` plain (they die), under a policy, and on clean data (or at a sane rate).
 """

@@ -147,7 +147,9 @@ def _stateful():
         model(torch.randn(8, 4)).pow(2).mean().backward()
         opt.step()
         sched.step()
-    state = snapshot.State(list(model.parameters()), list(model.buffers()), [opt], [sched])
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(torch.ones(()))  # the scale tensor exists from the first scale()
+    state = snapshot.State(list(model.parameters()), list(model.buffers()), [opt], [sched], [scaler])
     return model, opt, sched, state
 
 
@@ -158,6 +160,8 @@ def test_a_snapshot_puts_back_weights_buffers_optimizer_scheduler_and_rng_exactl
     expected_opt = json.dumps(str(opt.state_dict()))
     expected_rng = torch.rand(5)
     torch.set_rng_state(payload["rng"]["cpu"])
+    (scaler,) = state.scalers
+    scaler.update(new_scale=7.0)
     for _ in range(4):  # move everything on
         model(torch.randn(8, 4)).pow(2).mean().backward()
         opt.step()
@@ -168,6 +172,7 @@ def test_a_snapshot_puts_back_weights_buffers_optimizer_scheduler_and_rng_exactl
     assert json.dumps(str(opt.state_dict())) == expected_opt
     assert sched.last_epoch == 3 and opt.param_groups[0]["lr"] == pytest.approx(5e-3)
     assert torch.equal(torch.rand(5), expected_rng)
+    assert scaler.get_scale() == 1024.0
     # the snapshot is not aliased by the restored optimizer: stepping on leaves it untouched
     saved = payload["optimizers"][0]["state"][0]["exp_avg"].clone()
     model(torch.randn(8, 4)).pow(2).mean().backward()

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from nanscope.cli import demo, run
+from nanscope.cli import demo, doctor, run
 
 __all__ = ["EXIT_NONFINITE", "EXIT_OK", "EXIT_USAGE", "entry", "main"]
 
@@ -18,7 +18,7 @@ EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_NONFINITE = 3
 
-_COMMANDS = {"run": run, "demo": demo}
+_COMMANDS = {"run": run, "demo": demo, "doctor": doctor}
 
 
 def _parser() -> argparse.ArgumentParser:

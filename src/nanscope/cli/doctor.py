@@ -1,0 +1,48 @@
+"""``nanscope doctor PATH``: read a training log (any supported tool's format) and say what the curves show.
+
+PATH is a log file or a run directory; the format is detected and named. Nothing is re-run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+__all__ = ["add_parser", "execute"]
+
+
+def add_parser(sub: Any, name: str) -> None:
+    from nanscope.curves.readers import FORMATS
+
+    formats = "; ".join(f"{k} ({v})" for k, v in FORMATS.items())
+    parser = sub.add_parser(
+        name,
+        help="diagnose training curves from a log file or run directory (no re-run)",
+        description=f"{__doc__.splitlines()[0] if __doc__ else ''} Formats: {formats}.",
+    )
+    parser.add_argument("path", help="a log file or a run directory")
+    parser.add_argument("--json", metavar="OUT", help="write the nanscope.curves/1 JSON report to OUT")
+    parser.add_argument("--quiet", action="store_true", help="print nothing on stdout")
+
+
+def execute(args: argparse.Namespace) -> int:
+    from nanscope.cli import EXIT_OK, EXIT_USAGE
+    from nanscope.curves.readers import read
+    from nanscope.detect.curves import classify
+    from nanscope.errors import UsageError
+    from nanscope.report.curves import build, dumps, render_text
+
+    try:
+        curves = read(args.path)
+    except UsageError as exc:
+        print(f"nanscope doctor: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    report = build(curves, classify(curves))
+    if args.json:
+        from pathlib import Path
+
+        Path(args.json).write_text(dumps(report), encoding="utf-8")
+    if not args.quiet:
+        sys.stdout.write(render_text(report))
+    return EXIT_OK

@@ -1,0 +1,1 @@
+"""Training curves read from other tools' logs (``nanscope doctor``): one reader per format, one model."""
