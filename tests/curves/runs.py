@@ -59,7 +59,9 @@ def classify_run(
         rows = torch.rand(n_train, generator=g) < outliers
         x[rows] *= 200.0  # mis-scaled records (a unit error in the data)
     vx, vy = _blobs(1024, 0.0, seed + 1)
-    model = nn.Sequential(nn.Linear(8, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 4))
+    model = nn.Sequential(
+        nn.Linear(8, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 4)
+    )
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     log = Log("step" if per_step else "epoch")
     step = 0
@@ -178,9 +180,13 @@ def write_hf(log: Log, root: Path) -> Path:
     history: list[dict[str, float]] = []
     val = dict(log.val)
     for t, v in log.train:
-        history.append({"epoch": round(t / 16, 4), "grad_norm": 1.0, "learning_rate": 0.01, "loss": v, "step": int(t)})
+        history.append(
+            {"epoch": round(t / 16, 4), "grad_norm": 1.0, "learning_rate": 0.01, "loss": v, "step": int(t)}
+        )
         if t in val:
-            history.append({"epoch": round(t / 16, 4), "eval_loss": val[t], "eval_runtime": 0.1, "step": int(t)})
+            history.append(
+                {"epoch": round(t / 16, 4), "eval_loss": val[t], "eval_runtime": 0.1, "step": int(t)}
+            )
     state = {
         "best_metric": None,
         "epoch": log.train[-1][0] / 16,
@@ -226,12 +232,16 @@ def write_caffe(log: Log, root: Path) -> Path:
                 f"I1122 10:00:01.000000  4242 solver.cpp:397]     Test net output #0: loss = "
                 f"{_caffe_number(val[it])} (* 1 = {_caffe_number(val[it])} loss)"
             )
-        lines.append(f"I1122 10:00:01.000000  4242 solver.cpp:218] Iteration {it} (50 iter/s, 0.2s/10 iters), loss = {_caffe_number(v)}")
+        lines.append(
+            f"I1122 10:00:01.000000  4242 solver.cpp:218] Iteration {it} (50 iter/s, 0.2s/10 iters), loss = {_caffe_number(v)}"
+        )
         lines.append(
             f"I1122 10:00:01.000000  4242 solver.cpp:237]     Train net output #0: loss = {_caffe_number(v)} "
             f"(* 1 = {_caffe_number(v)} loss)"
         )
-        lines.append(f"I1122 10:00:01.000000  4242 sgd_solver.cpp:105] Iteration {it}, lr = {_caffe_number(lr.get(t, 0.01))}")
+        lines.append(
+            f"I1122 10:00:01.000000  4242 sgd_solver.cpp:105] Iteration {it}, lr = {_caffe_number(lr.get(t, 0.01))}"
+        )
     path = root / "caffe.INFO"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -276,19 +286,71 @@ WRITERS: dict[str, Callable[[Log, Path], Path]] = {
 #: (name, expected verdict, format, how to train; the run's length for `since` tolerance comes from the log)
 RUNS: list[tuple[str, str, str, Callable[[], Log]]] = [
     ("healthy_a", "healthy", "lightning_csv", lambda: classify_run(n_train=2048, label_noise=0.1, epochs=20)),
-    ("healthy_b", "healthy", "keras_console", lambda: classify_run(n_train=2048, label_noise=0.2, epochs=25, seed=1)),
-    ("healthy_c", "healthy", "tensorboard", lambda: classify_run(n_train=2048, label_noise=0.1, epochs=6, batch=128, per_step=True, seed=2)),
-    ("overfit_a", "overfitting", "keras_csv", lambda: classify_run(n_train=64, label_noise=0.3, hidden=256, epochs=150)),
-    ("overfit_b", "overfitting", "hf_trainer_state", lambda: classify_run(n_train=64, label_noise=0.3, hidden=256, epochs=150, batch=16, per_step=True, seed=1)),
-    ("overfit_c", "overfitting", "jsonl", lambda: classify_run(n_train=96, label_noise=0.4, hidden=256, epochs=120, seed=2)),
-    ("data_a", "data_problem", "csv", lambda: classify_run(n_train=2048, label_noise=0.75, lr=3e-4, epochs=25)),
-    ("data_b", "data_problem", "lightning_csv", lambda: classify_run(n_train=2048, label_noise=0.8, lr=3e-4, epochs=25, seed=1)),
+    (
+        "healthy_b",
+        "healthy",
+        "keras_console",
+        lambda: classify_run(n_train=2048, label_noise=0.2, epochs=25, seed=1),
+    ),
+    (
+        "healthy_c",
+        "healthy",
+        "tensorboard",
+        lambda: classify_run(n_train=2048, label_noise=0.1, epochs=6, batch=128, per_step=True, seed=2),
+    ),
+    (
+        "overfit_a",
+        "overfitting",
+        "keras_csv",
+        lambda: classify_run(n_train=64, label_noise=0.3, hidden=256, epochs=150),
+    ),
+    (
+        "overfit_b",
+        "overfitting",
+        "hf_trainer_state",
+        lambda: classify_run(
+            n_train=64, label_noise=0.3, hidden=256, epochs=150, batch=16, per_step=True, seed=1
+        ),
+    ),
+    (
+        "overfit_c",
+        "overfitting",
+        "jsonl",
+        lambda: classify_run(n_train=96, label_noise=0.4, hidden=256, epochs=120, seed=2),
+    ),
+    (
+        "data_a",
+        "data_problem",
+        "csv",
+        lambda: classify_run(n_train=2048, label_noise=0.75, lr=3e-4, epochs=25),
+    ),
+    (
+        "data_b",
+        "data_problem",
+        "lightning_csv",
+        lambda: classify_run(n_train=2048, label_noise=0.8, lr=3e-4, epochs=25, seed=1),
+    ),
     ("plateau_a", "plateau", "caffe", lambda: classify_run(n_train=1024, lr=1e-6, epochs=8, per_step=True)),
     ("plateau_b", "plateau", "keras_csv", lambda: classify_run(n_train=1024, lr=1e-6, epochs=30, seed=1)),
     ("diverge_a", "diverging", "jsonl", lambda: regression_run(factor=1.02, steps=300)),
-    ("diverge_b", "diverging", "keras_console", lambda: _as_epochs(regression_run(factor=1.03, steps=300, seed=1))),
-    ("unstable_a", "unstable", "hf_trainer_state", lambda: classify_run(n_train=1024, epochs=8, outliers=0.02, per_step=True, batch=16, lr=3e-3)),
-    ("unstable_b", "unstable", "tensorboard", lambda: classify_run(n_train=1024, epochs=8, outliers=0.03, per_step=True, batch=16, lr=3e-3, seed=1)),
+    (
+        "diverge_b",
+        "diverging",
+        "keras_console",
+        lambda: _as_epochs(regression_run(factor=1.03, steps=300, seed=1)),
+    ),
+    (
+        "unstable_a",
+        "unstable",
+        "hf_trainer_state",
+        lambda: classify_run(n_train=1024, epochs=8, outliers=0.02, per_step=True, batch=16, lr=3e-3),
+    ),
+    (
+        "unstable_b",
+        "unstable",
+        "tensorboard",
+        lambda: classify_run(n_train=1024, epochs=8, outliers=0.03, per_step=True, batch=16, lr=3e-3, seed=1),
+    ),
     ("nonfinite_a", "nonfinite", "caffe", lambda: regression_run(factor=0.5, steps=150, poly_max_iter=100)),
     ("nonfinite_b", "nonfinite", "csv", lambda: regression_run(factor=1.5, steps=200)),
 ]

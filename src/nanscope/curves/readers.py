@@ -76,8 +76,9 @@ class _Collector:
 def _rows(text: str) -> tuple[list[str], list[list[str]], list[str]]:
     lines = text.splitlines()
     notes = []
-    if lines and text and not text.endswith("\n") and len(lines) > 2:
-        notes.append(f"the last line ({len(lines)}) has no line end: a truncated write, read as far as it goes")
+    if text and not text.endswith("\n") and len(lines) > 2:  # its last cell may be cut short
+        notes.append(f"the last line ({len(lines)}) has no line end (a truncated write): left out")
+        lines = lines[:-1]
     reader = csv.reader(io.StringIO("\n".join(lines)))
     rows = [r for r in reader if r]
     return [h.strip() for h in rows[0]], rows[1:], notes
@@ -137,7 +138,9 @@ def _read_jsonl(path: Path, text: str) -> Curves:
             number = _number(value) if name != key else None
             if number is not None and name not in ("epoch", "_runtime", "_timestamp", "timestamp"):
                 out.add(name, step, number, axis)
-    notes = [f"line(s) {', '.join(map(str, bad[:10]))} are not JSON objects (truncated?): skipped"] if bad else []
+    notes = (
+        [f"line(s) {', '.join(map(str, bad[:10]))} are not JSON objects (truncated?): skipped"] if bad else []
+    )
     return out.curves("jsonl", path, notes)
 
 
@@ -148,8 +151,10 @@ def _read_hf(path: Path, data: dict) -> Curves:
             continue
         for name, value in entry.items():
             number = _number(value)
-            if number is not None and name not in ("step", "epoch", "total_flos") and not name.endswith(
-                ("_runtime", "_per_second")
+            if (
+                number is not None
+                and name not in ("step", "epoch", "total_flos")
+                and not name.endswith(("_runtime", "_per_second"))
             ):
                 out.add(name, float(entry["step"]), number)
     return out.curves("hf_trainer_state", path)
@@ -272,7 +277,9 @@ def detect(path: Path) -> tuple[str, Path]:
     except UnicodeDecodeError:
         text = head.decode("utf-8", errors="replace")
         if text.count("\ufffd") > len(text) // 10:
-            raise UsageError(f"{path}: a binary file, not a training log. Supported: {_supported()}") from None
+            raise UsageError(
+                f"{path}: a binary file, not a training log. Supported: {_supported()}"
+            ) from None
     stripped = text.lstrip()
     if stripped.startswith("{") and '"log_history"' in text:
         return "hf_trainer_state", path
@@ -311,7 +318,9 @@ def read(path: str | Path) -> Curves:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise UsageError(f"{file}: trainer_state.json is not valid JSON ({exc}); is it complete?") from exc
+            raise UsageError(
+                f"{file}: trainer_state.json is not valid JSON ({exc}); is it complete?"
+            ) from exc
         return _read_hf(file, data)
     return readers[fmt]()
 

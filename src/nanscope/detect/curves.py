@@ -156,7 +156,9 @@ def classify(curves: Curves) -> CurveDiagnosis:
         detail = ", ".join(f"{s.name} at {s.axis} {t:g}" for s, t in bad)
         findings.append(Evidence("non-finite", f"first NaN/Inf: {detail}", {"series": first[0].name}))
         which = "lr" if lr is not None and first[0] is lr else "loss"
-        return CurveDiagnosis("nonfinite", first[1], first[0].axis, tuple(findings), _advice("nonfinite", which), found)
+        return CurveDiagnosis(
+            "nonfinite", first[1], first[0].axis, tuple(findings), _advice("nonfinite", which), found
+        )
 
     t_train = _Trend.of(train) if train is not None and len(train) >= 3 else None
     t_val = _Trend.of(val) if val is not None and len(val) >= 3 else None
@@ -189,7 +191,9 @@ def classify(curves: Curves) -> CurveDiagnosis:
                 {"count": len(spikes), "points": len(values), "first": t_main.step(spikes[0])},
             )
         )
-        return CurveDiagnosis("unstable", t_main.step(spikes[0]), axis, tuple(findings), _advice("unstable"), found)
+        return CurveDiagnosis(
+            "unstable", t_main.step(spikes[0]), axis, tuple(findings), _advice("unstable"), found
+        )
 
     if t_train is not None and t_val is not None:
         # 4. overfitting: validation rose from its best while training kept improving
@@ -197,7 +201,12 @@ def classify(curves: Curves) -> CurveDiagnosis:
         val_rose = t_val.end > (1 + _RISE) * t_val.best and t_val.best_at < 0.85 * (len(t_val.smooth) - 1)
         if val_rose and t_train.end < train_at_best_val:
             return CurveDiagnosis(
-                "overfitting", t_val.step(t_val.best_at), t_val.series.axis, tuple(findings), _advice("overfitting"), found
+                "overfitting",
+                t_val.step(t_val.best_at),
+                t_val.series.axis,
+                tuple(findings),
+                _advice("overfitting"),
+                found,
             )
         # 5. data problem: training flat while validation improves
         if abs(t_train.change) < _FLAT and t_val.change < -1.5 * _FLAT:
@@ -209,7 +218,9 @@ def classify(curves: Curves) -> CurveDiagnosis:
     if all(t.change > -_FLAT for t in flat):
         return CurveDiagnosis("plateau", t_main.step(0), axis, tuple(findings), _advice("plateau"), found)
     still = t_main.smooth[-1] < t_main.smooth[max(0, int(0.8 * len(t_main.smooth)) - 1)] * 0.98
-    return CurveDiagnosis("healthy", None, axis, tuple(findings), _advice("learning" if still else "healthy"), found)
+    return CurveDiagnosis(
+        "healthy", None, axis, tuple(findings), _advice("learning" if still else "healthy"), found
+    )
 
 
 def _spikes(values: Sequence[float], floor: float) -> list[int]:
