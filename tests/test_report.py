@@ -109,7 +109,7 @@ def test_public_api_is_exactly_all():
 
     assert probes.__name__ == "nanscope.watching.probes"
 
-    packages = {"cli", "demo", "detect", "errors", "localize", "recover", "report", "watching"}
+    packages = {"cli", "curves", "demo", "detect", "errors", "localize", "recover", "report", "watching"}
     public = {n for n in dir(nanscope) if not n.startswith("_")} - packages
     assert sorted(nanscope.__all__) == nanscope.__all__
     assert public | {"__version__"} == set(nanscope.__all__)
