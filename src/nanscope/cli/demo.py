@@ -19,6 +19,9 @@ def add_parser(sub: Any, name: str) -> None:
     parser.add_argument(
         "--json", metavar="PATH", default="nanscope-report.json", help="report path (%(default)s)"
     )
+    parser.add_argument(
+        "--html", metavar="PATH", help="also write a self-contained HTML report (needs matplotlib)"
+    )
     parser.add_argument("--policy", default="stop", choices=["stop", "warn"])
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0)")
     parser.add_argument("--dead", type=int, default=6, help="flat recordings in the dataset (6)")
@@ -28,7 +31,10 @@ def execute(args: argparse.Namespace) -> int:
     from nanscope.cli import run
 
     job_args = ["--workers", str(args.workers), "--dead", str(args.dead)]
-    code = run.main(["--json", args.json, "--policy", args.policy, "-m", "nanscope.demo.job", *job_args])
+    html = ["--html", args.html] if args.html else []
+    code = run.main(
+        ["--json", args.json, *html, "--policy", args.policy, "-m", "nanscope.demo.job", *job_args]
+    )
     from nanscope.report.json import loads
 
     with open(args.json, encoding="utf-8") as fh:

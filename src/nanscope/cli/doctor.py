@@ -23,6 +23,11 @@ def add_parser(sub: Any, name: str) -> None:
     )
     parser.add_argument("path", help="a log file or a run directory")
     parser.add_argument("--json", metavar="OUT", help="write the nanscope.curves/1 JSON report to OUT")
+    parser.add_argument(
+        "--html",
+        metavar="OUT",
+        help="write a self-contained HTML page with the curves to OUT (needs matplotlib)",
+    )
     parser.add_argument("--quiet", action="store_true", help="print nothing on stdout")
 
 
@@ -39,6 +44,14 @@ def execute(args: argparse.Namespace) -> int:
         print(f"nanscope doctor: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     report = build(curves, classify(curves))
+    if args.html:
+        from nanscope.report.html import curves_page, write
+
+        try:
+            write(curves_page(report, curves), args.html)
+        except UsageError as exc:
+            print(f"nanscope doctor: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     if args.json:
         from pathlib import Path
 

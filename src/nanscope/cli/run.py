@@ -22,11 +22,14 @@ from nanscope.recover.policy import HANDLERS, MEASURES
 
 __all__ = ["add_parser", "execute", "main"]
 
-_VALUED = {"--json", "--policy", "--history", "--quarantine", "--snapshot-every", "--snapshot-dir"}
+_VALUED = {"--json", "--html", "--policy", "--history", "--quarantine", "--snapshot-every", "--snapshot-dir"}
 
 
 def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--json", metavar="PATH", help="write the nanscope.report/1 JSON report to PATH")
+    parser.add_argument(
+        "--html", metavar="PATH", help="write a self-contained HTML report to PATH (needs matplotlib)"
+    )
     parser.add_argument(
         "--policy",
         default="stop",
@@ -212,10 +215,18 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
         code = EXIT_NONFINITE
     if args.json:
         write(report, args.json)
+    if args.html:
+        from nanscope.report import html
+
+        try:
+            html.write(html.run_page(report), args.html)
+        except UsageError as exc:
+            print(f"nanscope run: {exc}", file=sys.stderr)
     if not args.quiet:
         print_report(report, sys.stderr)
-        if args.json:
-            print(f"nanscope: report written to {args.json}", file=sys.stderr)
+        for path in (args.json, args.html):
+            if path:
+                print(f"nanscope: report written to {path}", file=sys.stderr)
     return code
 
 
