@@ -226,12 +226,15 @@ def _read_tensorboard(path: Path) -> Curves:
         ) from exc
     out = _Collector()
     files = [path] if path.is_file() else sorted(path.rglob("events.out.tfevents.*"))
+    runs = {f.parent for f in files}
     for file in _progress(files, "reading TensorBoard event files"):
         acc = EventAccumulator(str(file), size_guidance={"scalars": 0})
         acc.Reload()
+        # several runs (one folder each) in one directory: their tags are told apart by the folder
+        prefix = "" if len(runs) == 1 else f"{file.parent.relative_to(path).as_posix()}/"
         for tag in acc.Tags().get("scalars", []):
             for event in acc.Scalars(tag):
-                out.add(tag, float(event.step), float(event.value))
+                out.add(prefix + tag, float(event.step), float(event.value))
     return out.curves("tensorboard", path)
 
 
