@@ -128,3 +128,18 @@ def test_doctor_cli_names_the_format_and_writes_the_contract(tmp_path, labeled):
         [sys.executable, "-m", "nanscope", "doctor", str(tmp_path / "nope")], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "no such file or directory" in bad.stderr
+
+
+def test_a_tensorboard_directory_with_several_runs_keeps_them_apart(tmp_path):
+    pytest.importorskip("tensorboard", reason="needs the tensorboard package (the dev extra)")
+    from torch.utils.tensorboard import SummaryWriter
+
+    for run in range(5):  # more than a handful of files: read behind a progress bar on stderr
+        writer = SummaryWriter(str(tmp_path / f"run{run}"))
+        for step in range(10):
+            writer.add_scalar("train/loss", 1.0 / (step + 1 + run), step)
+        writer.close()
+    curves = read(tmp_path)
+    assert curves.format == "tensorboard"
+    assert sorted(s.name for s in curves.series) == [f"run{r}/train/loss" for r in range(5)]
+    assert curves.get("run3/train/loss").values[0] == pytest.approx(0.25)  # type: ignore[union-attr]

@@ -243,10 +243,11 @@ def _progress(items: list[Path], label: str) -> Iterable[Path]:
     if len(items) < 4:
         return items
     try:
+        from rich.console import Console
         from rich.progress import track
     except ImportError:
         return items
-    return track(items, description=label, transient=True)
+    return track(items, description=label, transient=True, console=Console(stderr=True))
 
 
 # ---------------------------------------------------------------- detection
