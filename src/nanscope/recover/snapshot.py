@@ -9,9 +9,7 @@ so a crash during a write leaves the previous files intact and never a half-writ
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +18,7 @@ from typing import Any
 
 import torch
 
+from nanscope._atomic import atomic_write
 from nanscope.recover.policy import RollbackOptions
 
 __all__ = ["Snapshot", "Snapshots", "State"]
@@ -131,19 +130,9 @@ class Snapshots:
 
     def _write(self, step: int, payload: dict[str, Any]) -> Path:
         directory = Path(self.options.directory or ".")
-        directory.mkdir(parents=True, exist_ok=True)
-        target = directory / f"nanscope-snapshot-{step:09d}.pt"
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(payload, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
+        return atomic_write(
+            directory / f"nanscope-snapshot-{step:09d}.pt", lambda fh: torch.save(payload, fh)
+        )
 
     def _rotate(self) -> None:
         newest_good = self.newest_good()

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from nanscope._atomic import atomic_write_text
 from nanscope.curves.model import Curves
 from nanscope.errors import UsageError
 from nanscope.report.curves import CurvesReport
@@ -231,9 +232,4 @@ def curves_page(report: CurvesReport, curves: Curves) -> str:
 
 def write(page: str, path: str | os.PathLike[str]) -> Path:
     """Write a page atomically (temporary file + rename)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, target)
-    return target
+    return atomic_write_text(path, page)

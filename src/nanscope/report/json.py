@@ -10,11 +10,11 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from nanscope._atomic import atomic_write_text
 from nanscope.report.model import (
     Cause,
     Detection,
@@ -58,17 +58,7 @@ def dumps(report: Report) -> str:
 
 def write(report: Report, path: str | os.PathLike[str]) -> Path:
     """Write atomically (temporary file + rename): a crash never leaves half a report behind."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(dumps(report))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return atomic_write_text(path, dumps(report))
 
 
 def _number(value: Any) -> float | None:
