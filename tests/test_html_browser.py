@@ -97,12 +97,11 @@ def test_the_doctor_page_renders_the_curves_with_the_finding(tmp_path):
     import runs
 
     from nanscope.curves.readers import read
-    from nanscope.detect.curves import classify
-    from nanscope.report.curves import build
+    from nanscope.detect.curves import report
 
     log = runs.classify_run(n_train=64, label_noise=0.3, hidden=256, epochs=60)
     curves = read(runs.write_keras_csv(log, tmp_path))
-    page = html.write(html.curves_page(build(curves, classify(curves)), curves), tmp_path / "doctor.html")
+    page = html.write(html.curves_page(report(curves), curves), tmp_path / "doctor.html")
     assert self_contained(page.read_text())
     dom = open_in_chromium(page, tmp_path)
     assert re.search(r'id="verdict"[^>]*>overfitting since epoch', dom)

@@ -34,16 +34,16 @@ def add_parser(sub: Any, name: str) -> None:
 def execute(args: argparse.Namespace) -> int:
     from nanscope.cli import EXIT_OK, EXIT_USAGE
     from nanscope.curves.readers import read
-    from nanscope.detect.curves import classify
+    from nanscope.detect.curves import report as curves_report
     from nanscope.errors import UsageError
-    from nanscope.report.curves import build, dumps, render_text
+    from nanscope.report.curves import dumps, render_text
 
     try:
         curves = read(args.path)
     except UsageError as exc:
         print(f"nanscope doctor: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    report = build(curves, classify(curves))
+    report = curves_report(curves)
     if args.html:
         from nanscope.report.html import curves_page, write
 

@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nanscope.curves.model import Curves, Series
+from nanscope.report.curves import CurvesReport, SeriesSummary
 from nanscope.report.model import Evidence
 
-__all__ = ["CurveDiagnosis", "VERDICTS", "classify", "roles"]
+__all__ = ["CurveDiagnosis", "VERDICTS", "classify", "report", "roles"]
 
 VERDICTS = ("healthy", "overfitting", "data_problem", "plateau", "diverging", "unstable", "nonfinite")
 
@@ -289,3 +290,34 @@ def _advice(verdict: str, detail: str = "") -> tuple[str, ...]:
         "short": ("Too few points to judge a trend; log more often.",),
     }
     return table[verdict]
+
+
+def report(curves: Curves) -> CurvesReport:
+    """Classify ``curves`` and summarize every series read: the ``nanscope.curves/1`` report."""
+    diagnosis = classify(curves)
+    summaries = []
+    for s in curves.series:
+        finite = [v for v in s.values if math.isfinite(v)]
+        summaries.append(
+            SeriesSummary(
+                s.name,
+                s.axis,
+                diagnosis.roles.get(s.name),
+                len(s),
+                s.values[0],
+                s.values[-1],
+                min(finite) if finite else None,
+                len(s) - len(finite),
+            )
+        )
+    return CurvesReport(
+        curves.format,
+        curves.source,
+        tuple(summaries),
+        diagnosis.verdict,
+        diagnosis.since,
+        diagnosis.axis,
+        diagnosis.findings,
+        diagnosis.suggestions,
+        curves.notes,
+    )

@@ -8,16 +8,13 @@ JSON: ``{"schema", "format", "source", "series", "verdict", "since", "axis", "fi
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
-from nanscope.curves.model import Curves
-from nanscope.detect.curves import CurveDiagnosis
 from nanscope.report.json import _plain
 from nanscope.report.model import Evidence
 
-__all__ = ["SCHEMA", "CurvesReport", "SeriesSummary", "build", "dumps", "render_text"]
+__all__ = ["SCHEMA", "CurvesReport", "SeriesSummary", "dumps", "render_text", "to_dict"]
 
 SCHEMA = "nanscope.curves/1"
 
@@ -46,35 +43,6 @@ class CurvesReport:
     suggestions: tuple[str, ...]
     notes: tuple[str, ...] = ()
     schema: str = SCHEMA
-
-
-def build(curves: Curves, diagnosis: CurveDiagnosis) -> CurvesReport:
-    summaries = []
-    for s in curves.series:
-        finite = [v for v in s.values if math.isfinite(v)]
-        summaries.append(
-            SeriesSummary(
-                s.name,
-                s.axis,
-                diagnosis.roles.get(s.name),
-                len(s),
-                s.values[0],
-                s.values[-1],
-                min(finite) if finite else None,
-                len(s) - len(finite),
-            )
-        )
-    return CurvesReport(
-        curves.format,
-        curves.source,
-        tuple(summaries),
-        diagnosis.verdict,
-        diagnosis.since,
-        diagnosis.axis,
-        diagnosis.findings,
-        diagnosis.suggestions,
-        curves.notes,
-    )
 
 
 def to_dict(report: CurvesReport) -> dict[str, Any]:
