@@ -146,7 +146,8 @@ def write_lightning(log: Log, root: Path) -> Path:
         rows.append({"epoch": epoch, "step": step, "train_loss": v, "val_loss": ""})
         rows.append({"epoch": epoch, "step": step, "train_loss": "", "val_loss": vv})
     with open(folder / "metrics.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["epoch", "step", "train_loss", "val_loss"])
+        # Lightning's _ExperimentWriter: columns in first-appearance order of the logged keys, "step" added
+        writer = csv.DictWriter(fh, fieldnames=["train_loss", "epoch", "step", "val_loss"])
         writer.writeheader()
         writer.writerows(rows)
     return root
