@@ -143,3 +143,18 @@ def test_a_tensorboard_directory_with_several_runs_keeps_them_apart(tmp_path):
     assert curves.format == "tensorboard"
     assert sorted(s.name for s in curves.series) == [f"run{r}/train/loss" for r in range(5)]
     assert curves.get("run3/train/loss").values[0] == pytest.approx(0.25)  # type: ignore[union-attr]
+
+
+def test_keras_3_console_output_is_read_too(tmp_path):
+    bar = "━" * 20
+    text = "".join(
+        f"Epoch {e + 1}/3\n\r 1/32 {bar} 0s 5ms/step - accuracy: 0.5 - loss: 9.9"
+        f"\r32/32 {bar} 1s 5ms/step - accuracy: 0.{5 + e} - loss: {1.0 - 0.2 * e:.1f} - val_accuracy: 0.6"
+        f" - val_loss: {1.1 - 0.2 * e:.1f}\n"
+        for e in range(3)
+    )
+    curves = read(_write(tmp_path / "keras3.txt", text))
+    assert curves.format == "keras_console"
+    assert curves.get("loss").values == pytest.approx((1.0, 0.8, 0.6))  # type: ignore[union-attr]
+    assert curves.get("val_loss").values == pytest.approx((1.1, 0.9, 0.7))  # type: ignore[union-attr]
+    assert curves.get("loss").steps == (1.0, 2.0, 3.0)  # type: ignore[union-attr]
