@@ -1,7 +1,7 @@
 """The ``nanscope`` command line: ``main(argv) -> exit code``, one module per subcommand.
 
-Exit codes: 0 healthy / done; 2 usage error; 3 a non-finite value was diagnosed under ``stop``;
-otherwise the watched script's own exit code.
+Exit codes: 0 healthy / done (or recovered under a recovering policy); 2 usage error; 3 a non-finite value
+stopped the run (``stop``, or a recovering policy that gave up); otherwise the watched script's own exit code.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="nanscope",
         description="Find out why a PyTorch training loss became NaN: watch a run, stop at the first NaN/Inf, "
         "name the step, the tensors, the cause and the dataset samples.",
-        epilog="exit codes: 0 healthy, 2 usage error, 3 non-finite value diagnosed (policy stop), "
-        "otherwise the script's own exit code",
+        epilog="exit codes: 0 healthy or recovered, 2 usage error, 3 a non-finite value stopped the run (policy "
+        "stop, or a recovering policy gave up), otherwise the script's own exit code",
     )
     parser.add_argument("--version", action="version", version=f"nanscope {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

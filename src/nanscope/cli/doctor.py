@@ -19,7 +19,8 @@ def add_parser(sub: Any, name: str) -> None:
     parser = sub.add_parser(
         name,
         help="diagnose training curves from a log file or run directory (no re-run)",
-        description=f"{__doc__.splitlines()[0] if __doc__ else ''} Formats: {formats}.",
+        description="Read a training log (a file or a run directory; the format is detected and named) and say "
+        f"what the curves show, without re-running anything. Formats: {formats}.",
     )
     parser.add_argument("path", help="a log file or a run directory")
     parser.add_argument("--json", metavar="OUT", help="write the nanscope.curves/1 JSON report to OUT")

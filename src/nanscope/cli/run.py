@@ -2,7 +2,8 @@
 
 Runs an unmodified training script under watch: optimizers, the models they train and every DataLoader the
 script iterates are discovered. The script sees the ``sys.argv``, ``__name__ == "__main__"``, ``sys.path[0]``
-and exit code it would see under plain ``python``; nanscope writes only to stderr (and ``--json``).
+and exit code it would see under plain ``python``; nanscope writes only to stderr and the files you name
+(``--json``, ``--html``, ``--quarantine``, ``--snapshot-dir``).
 """
 
 from __future__ import annotations
