@@ -51,7 +51,10 @@ class DeviceReader:
             for t in tensors:
                 device_parts = parts.setdefault(t.device, [])
                 offset = sum(p.numel() for p in device_parts)
-                device_parts.append(t.detach().reshape(-1).to(torch.float32))
+                # the probes hand in 1-D float32 values computed without grad: no op is needed for those
+                if t.dim() != 1 or t.dtype != torch.float32 or t.requires_grad:
+                    t = t.detach().reshape(-1).to(torch.float32)
+                device_parts.append(t)
                 slots.append((t.device, offset, t.numel()))
             layout.append((slots, callback))
         hosts: dict[torch.device, torch.Tensor] = {}
