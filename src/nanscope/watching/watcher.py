@@ -384,7 +384,7 @@ class Watcher(Triage):
     def _pre_hook(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._guard(self._check_before_step, opt)
         if self._refeed is None and id(opt) not in self._skip:
-            self._guard(self._before_update, opt, self._track(opt), self._it)
+            self._guard(self._act_before_update, opt)
 
     def _post_hook(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._guard(self._after_update, opt)
@@ -423,6 +423,9 @@ class Watcher(Triage):
         elif not (math.isfinite(value) if scalar else value == 1.0):
             self._trigger(it, "loss", ("loss",))
         self._release(it)
+
+    def _act_before_update(self, opt: torch.optim.Optimizer) -> None:
+        self._before_update(opt, self._track(opt), self._it)
 
     def _discard(self, opt: torch.optim.Optimizer) -> None:
         self._skip_step(opt)
