@@ -66,20 +66,27 @@ def test_nothing_left_in_discovery_mode():
     assert_nothing_left([model], [optimizer])
 
 
-def train_and_capture(name, watched):
+def train_and_capture(name, watched, policy="stop"):
     model, optimizer, train = load(name).setup()
     if watched:
-        with nanscope.watch(model, optimizer):
+        frequent = nanscope.RollbackOptions(every=5, confirm=2)  # many snapshots under rollback
+        with nanscope.watch(
+            model, optimizer, policy=nanscope.make_policy(policy, rollback=frequent)
+        ) as watcher:
             train()
+        report = watcher.report()
+        assert report.verdict == "healthy"
+        assert policy != "quarantine+rollback" or report.outcome.snapshots >= 3
     else:
         train()
     return {k: v.clone() for k, v in model.state_dict().items()}, torch.get_rng_state()
 
 
+@pytest.mark.parametrize("policy", ["stop", "skip", "quarantine+rollback"])
 @pytest.mark.parametrize("name", ["healthy_mlp", "attention_inf_mask", "masked_nan_labels"])
-def test_healthy_run_is_bitwise_identical_and_draws_the_same_random_numbers(name):
+def test_healthy_run_is_bitwise_identical_and_draws_the_same_random_numbers(name, policy):
     plain_state, plain_rng = train_and_capture(name, watched=False)
-    watched_state, watched_rng = train_and_capture(name, watched=True)
+    watched_state, watched_rng = train_and_capture(name, watched=True, policy=policy)
     assert torch.equal(plain_rng, watched_rng)
     for key, value in plain_state.items():
         assert torch.equal(value, watched_state[key]), key
