@@ -406,3 +406,33 @@ def test_rollback_with_snapshots_on_disk_through_the_cli_leaves_no_files_behind(
     report = json.loads(out.read_text())
     assert report["outcome"]["snapshots"] >= 600 // 20 and report["outcome"]["rollbacks"] >= 1
     assert list(snapshots.iterdir()) == []  # scratch state, removed at the end
+
+
+def test_quarantine_works_with_shuffling_and_worker_processes(tmp_path):
+    script = str(Path(__file__).parent / "scenarios" / "dirty_shuffled_workers.py")
+    out = tmp_path / "r.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "nanscope",
+        "run",
+        "--quiet",
+        "--policy",
+        "quarantine",
+        "--json",
+        str(out),
+        script,
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["outcome"]["quarantined"] == [
+        5,
+        61,
+        100,
+        127,
+    ]  # every dirty sample, each named by a diagnosis
+    assert {i["kind"] for i in report["interventions"]} == {"quarantine", "skip"}
+    assert report["outcome"]["failed_steps"] == len(
+        [i for i in report["interventions"] if i["kind"] == "skip"]
+    )
