@@ -32,6 +32,13 @@ def job(name: str):
     return importlib.import_module(name)
 
 
+def nanscope_run(*args: str) -> subprocess.CompletedProcess[str]:
+    """``nanscope run --quiet ARGS`` in a fresh process."""
+    return subprocess.run(
+        [sys.executable, "-m", "nanscope", "run", "--quiet", *args], capture_output=True, text=True
+    )
+
+
 # ---------------------------------------------------------------- policy specs and decisions
 @pytest.mark.parametrize(
     ("spec", "name"),
@@ -289,25 +296,13 @@ def test_c_a_bad_batch_in_a_transformer_lm_is_skipped_and_the_loss_matches_the_c
 def test_the_cli_keeps_quarantined_samples_in_a_file_that_the_next_run_applies(tmp_path):
     file = tmp_path / "quarantine.json"
     script = str(RECOVERY / "dirty_classifier.py")
-    cmd = [
-        sys.executable,
-        "-m",
-        "nanscope",
-        "run",
-        "--quiet",
-        "--policy",
-        "quarantine",
-        "--quarantine",
-        str(file),
-    ]
-    first = subprocess.run([*cmd, "--json", str(tmp_path / "1.json"), script], capture_output=True, text=True)
+    options = ["--policy", "quarantine", "--quarantine", str(file)]
+    first = nanscope_run(*options, "--json", str(tmp_path / "1.json"), script)
     assert first.returncode == 0, first.stderr
     saved = json.loads(file.read_text())
     assert saved["schema"] == "nanscope.quarantine/1"
     assert [s["index"] for s in saved["datasets"][0]["samples"]] == [300, 1201, 2950]
-    second = subprocess.run(
-        [*cmd, "--json", str(tmp_path / "2.json"), script], capture_output=True, text=True
-    )
+    second = nanscope_run(*options, "--json", str(tmp_path / "2.json"), script)
     assert second.returncode == 0, second.stderr
     report = json.loads((tmp_path / "2.json").read_text())
     assert report["verdict"] == "healthy"  # the dirty samples never reached the model
@@ -375,8 +370,7 @@ def test_healthy_runs_raise_no_early_warning():
 def test_a_policy_that_gives_up_stops_the_run_with_exit_3_and_says_why(tmp_path):
     script = str(Path(__file__).parent / "scenarios" / "lr_schedule_nan.py")
     out = tmp_path / "r.json"
-    cmd = [sys.executable, "-m", "nanscope", "run", "--quiet", "--policy", "skip", "--json", str(out), script]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = nanscope_run("--policy", "skip", "--json", str(out), script)
     assert result.returncode == 3, result.stderr
     report = json.loads(out.read_text())
     kinds = [i["kind"] for i in report["interventions"]]
@@ -388,19 +382,9 @@ def test_a_policy_that_gives_up_stops_the_run_with_exit_3_and_says_why(tmp_path)
 def test_rollback_with_snapshots_on_disk_through_the_cli_leaves_no_files_behind(tmp_path):
     snapshots = tmp_path / "snaps"
     out = tmp_path / "r.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "nanscope",
-        "run",
-        "--quiet",
-        "--policy",
-        "rollback",
-        "--snapshot-every",
-        "20",
-    ]
-    cmd += ["--snapshot-dir", str(snapshots), "--json", str(out), str(RECOVERY / "lr_too_high.py")]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    lr_too_high = str(RECOVERY / "lr_too_high.py")
+    options = ["--policy", "rollback", "--snapshot-every", "20", "--snapshot-dir", str(snapshots)]
+    result = nanscope_run(*options, "--json", str(out), lr_too_high)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["finite"]
     report = json.loads(out.read_text())
@@ -411,19 +395,7 @@ def test_rollback_with_snapshots_on_disk_through_the_cli_leaves_no_files_behind(
 def test_quarantine_works_with_shuffling_and_worker_processes(tmp_path):
     script = str(Path(__file__).parent / "scenarios" / "dirty_shuffled_workers.py")
     out = tmp_path / "r.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "nanscope",
-        "run",
-        "--quiet",
-        "--policy",
-        "quarantine",
-        "--json",
-        str(out),
-        script,
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = nanscope_run("--policy", "quarantine", "--json", str(out), script)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     assert report["outcome"]["quarantined"] == [
