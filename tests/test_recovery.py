@@ -408,3 +408,21 @@ def test_quarantine_works_with_shuffling_and_worker_processes(tmp_path):
     assert report["outcome"]["failed_steps"] == len(
         [i for i in report["interventions"] if i["kind"] == "skip"]
     )
+
+
+def test_warnings_point_at_the_training_loop_not_at_nanscope():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    with warnings.catch_warnings(record=True) as caught, nanscope.watch(model, opt, policy="skip"):
+        warnings.simplefilter("always")
+        for step in range(40):
+            scale = math.nan if step == 30 else (1e4 if step == 25 else 1.0)
+            loss = scale * nn.functional.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()  # the NaN is seen here
+            opt.step()  # spikes are read when the step completes
+    ours = [c for c in caught if issubclass(c.category, (nanscope.NonFiniteWarning, nanscope.SpikeWarning))]
+    assert {c.category for c in ours} == {nanscope.NonFiniteWarning, nanscope.SpikeWarning}
+    assert {c.filename for c in ours} == {__file__}

@@ -33,6 +33,7 @@ from nanscope.recover.policy import Policy
 from nanscope.recover.quarantine import Quarantine
 from nanscope.recover.snapshot import Snapshots, State
 from nanscope.report.model import EarlyWarning, Intervention, Outcome
+from nanscope.watching.stack import user_stacklevel
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -309,7 +310,7 @@ class Recovery:
                 f"nanscope: {label} spike at step {step}: {value:.4g} against a running level of "
                 f"{baseline:.4g} (x{value / baseline:.3g}, score {score:.1f}){where}",
                 SpikeWarning,
-                stacklevel=4,
+                stacklevel=user_stacklevel(),
             )
 
 

@@ -31,6 +31,7 @@ from nanscope.report import json as report_json
 from nanscope.report.model import Detection, Evidence, Where
 from nanscope.watching.recovery import Recovery
 from nanscope.watching.refeed import Refeed
+from nanscope.watching.stack import user_stacklevel
 from nanscope.watching.state import Iteration, Tracked
 
 if TYPE_CHECKING:
@@ -210,7 +211,7 @@ class Triage(Recovery):
             action = {Action.SKIP: "step skipped", Action.ROLLBACK: "rolling back"}.get(decision.action)
             more = f" ({action}; {self._failures} failed step(s) so far)" if action else ""
             text = report.headline() if first else f"non-finite {obs.trigger} at step {obs.step}"
-            warnings.warn(text + more, NonFiniteWarning, stacklevel=4)
+            warnings.warn(text + more, NonFiniteWarning, stacklevel=user_stacklevel())
 
     def _quarantine_samples(
         self, samples: tuple[int, ...], diagnosis: Diagnosis, it: Iteration, step: int
