@@ -62,9 +62,6 @@ class Recovery:
     def _params(self, opt: torch.optim.Optimizer) -> list[torch.Tensor]:
         raise NotImplementedError
 
-    def _all_buffers(self) -> list[tuple[str, torch.Tensor]]:
-        raise NotImplementedError
-
     def _init_recovery(self, quarantine: str | None) -> None:
         policy = self._policy
         self._snapshots = Snapshots(policy.rollback) if policy.handler == "rollback" else None
@@ -149,6 +146,17 @@ class Recovery:
             )
         return tuple(out)
 
+    def _named_norms(
+        self, entry: tuple[list[torch.Tensor], list[Reading], list[list[float]]]
+    ) -> dict[str, float]:
+        """One step of ``_layer_norms`` as parameter name -> gradient L2 norm."""
+        params, readings, values = entry
+        out: dict[str, float] = {}
+        for reading, vals in zip(readings, values, strict=True):
+            for position, norm in reading.l2_norms(vals):
+                out[self._naming.param(params[position], f"params[{position}]")] = norm
+        return out
+
     # ------------------------------------------------------------------ the live state
     def _live_state(self) -> State:
         """Parameters, buffers, optimizers, and the LR schedulers and GradScalers found at the first call."""
@@ -163,17 +171,17 @@ class Recovery:
         return self._state
 
     # ------------------------------------------------------------------ acting, at safe points
-    def _discard(self, opt: torch.optim.Optimizer) -> None:
+    def _skip_step(self, opt: torch.optim.Optimizer) -> None:
         raise NotImplementedError
 
     def _before_update(self, opt: torch.optim.Optimizer, tracked: Tracked, it: Iteration) -> None:
         """At the step pre-hook after the checks: roll back / discard / back off / clip."""
         if self._rollback_due:
-            self._discard(opt)
+            self._skip_step(opt)
             self._roll_back()
             return
         if it.discard:
-            self._discard(opt)
+            self._skip_step(opt)
             return
         if self._snapshots is not None and not self._snapshots.items and self._step() == 0:
             self._snapshots.take(0, self._live_state())  # the state before the first update
@@ -289,13 +297,10 @@ class Recovery:
     def _warn_spike(self, step: int, series: Any, value: float, baseline: float, score: float) -> None:
         layers: tuple[str, ...] = ()
         if len(self._layer_norms) >= 2:
-            params, readings, values = self._layer_norms[-1]
-            names, now = _named_norms(self, params, readings, values)
-            before = []
-            for p_before, r_before, v_before in list(self._layer_norms)[:-1]:
-                if p_before is params or len(p_before) == len(params):
-                    before.append(_named_norms(self, p_before, r_before, v_before)[1])
-            layers = rising_layers(names, now, before)
+            now = self._named_norms(self._layer_norms[-1])
+            earlier = [self._named_norms(entry) for entry in list(self._layer_norms)[:-1]]
+            before = [[norms.get(name, math.nan) for name in now] for norms in earlier]
+            layers = rising_layers(list(now), list(now.values()), before)
         warning = EarlyWarning(step, series, value, baseline, score, layers)
         episode = self._episode.get(series)
         new_episode = episode is None or step - episode > _EPISODE  # not the next step of the last one
@@ -312,16 +317,6 @@ class Recovery:
                 SpikeWarning,
                 stacklevel=user_stacklevel(),
             )
-
-
-def _named_norms(
-    owner: Any, params: Sequence[torch.Tensor], readings: Sequence[Reading], values: Sequence[list[float]]
-) -> tuple[list[str], list[float]]:
-    by_position: dict[int, float] = {}
-    for reading, vals in zip(readings, values, strict=True):
-        by_position.update(reading.l2_norms(vals))
-    names = [owner._naming.param(params[i], f"params[{i}]") for i in range(len(params))]
-    return names, [by_position.get(i, math.nan) for i in range(len(params))]
 
 
 def _schedulers_and_scalers(optimizers: Sequence[torch.optim.Optimizer]) -> tuple[list[Any], list[Any]]:

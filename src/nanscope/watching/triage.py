@@ -72,6 +72,9 @@ class Triage(Recovery):
     def _name(self, opt_index: int, params: Sequence[torch.Tensor], i: int) -> str:
         raise NotImplementedError
 
+    def _all_buffers(self) -> list[tuple[str, torch.Tensor]]:
+        raise NotImplementedError
+
     def _trigger(
         self,
         it: Iteration,
@@ -290,12 +293,10 @@ class Triage(Recovery):
     def _layer_growth(self, top: int = 3) -> tuple[tuple[str, float, float], ...]:
         """The parameters whose gradient norm grew the most over the last finite steps: ``(name, first, last)``."""
         by_name: dict[str, list[float]] = {}
-        for params, readings, values in self._layer_norms:
-            for reading, vals in zip(readings, values, strict=True):
-                for position, norm in reading.l2_norms(vals):
-                    if math.isfinite(norm) and norm > 0:
-                        name = self._naming.param(params[position], f"params[{position}]")
-                        by_name.setdefault(name, []).append(norm)
+        for entry in self._layer_norms:
+            for name, norm in self._named_norms(entry).items():
+                if math.isfinite(norm) and norm > 0:
+                    by_name.setdefault(name, []).append(norm)
         growth = [(name, v[0], v[-1]) for name, v in by_name.items() if len(v) >= 4]
         growth.sort(key=lambda g: g[2] / g[1], reverse=True)
         return tuple(g for g in growth[:top] if g[2] > g[1])

@@ -427,9 +427,6 @@ class Watcher(Triage):
     def _act_before_update(self, opt: torch.optim.Optimizer) -> None:
         self._before_update(opt, self._track(opt), self._it)
 
-    def _discard(self, opt: torch.optim.Optimizer) -> None:
-        self._skip_step(opt)
-
     def _skip_step(self, opt: torch.optim.Optimizer) -> None:
         """Make ``opt.step()`` a no-op: optimizers leave parameters without gradients untouched (no weight,
         state, step-count or weight-decay change)."""
