@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -179,10 +178,8 @@ def _read_caffe(path: Path, text: str) -> Curves:
             out.add("lr", float(m.group(1)), float(m.group(2)))
         elif m := _CAFFE_TESTING.search(line):
             iteration = float(m.group(1))
-        elif m := _CAFFE_OUTPUT.search(line):
-            kind = "train" if m.group(1) == "Train" else "test"
-            if kind == "test":  # the train outputs repeat the loss line
-                out.add(f"test/{m.group(2)}", iteration, float(m.group(3)))
+        elif (m := _CAFFE_OUTPUT.search(line)) and m.group(1) == "Test":  # train outputs repeat the loss line
+            out.add(f"test/{m.group(2)}", iteration, float(m.group(3)))
     return out.curves("caffe", path)
 
 
@@ -327,7 +324,3 @@ def read(path: str | Path) -> Curves:
             ) from exc
         return _read_hf(file, data)
     return readers[fmt]()
-
-
-def finite(values: Iterable[float]) -> list[float]:
-    return [v for v in values if math.isfinite(v)]
