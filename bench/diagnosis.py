@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nanscope
-from nanscope.watching import watcher as watcher_module
+from nanscope.watching import engine as engine_module
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "tests" / "scenarios"
 
@@ -74,7 +74,7 @@ def _one_round(name: str, module: object) -> DiagnosisTiming:
     model, optimizer, train = module.setup()  # type: ignore[attr-defined]
     started: list[float] = []
     peak: list[float] = []
-    original = watcher_module.Watcher._trigger
+    original = engine_module.Engine._trip
 
     def timed(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         if not started:
@@ -82,7 +82,7 @@ def _one_round(name: str, module: object) -> DiagnosisTiming:
             started.append(time.perf_counter())
         return original(self, *args, **kwargs)
 
-    watcher_module.Watcher._trigger = timed  # type: ignore[method-assign]
+    engine_module.Engine._trip = timed  # type: ignore[method-assign]
     try:
         with nanscope.watch(model, optimizer) as watcher:
             train()
@@ -92,7 +92,7 @@ def _one_round(name: str, module: object) -> DiagnosisTiming:
     else:
         raise AssertionError(f"{name} did not stop")
     finally:
-        watcher_module.Watcher._trigger = original  # type: ignore[method-assign]
+        engine_module.Engine._trip = original  # type: ignore[method-assign]
     del watcher
     replayed = report.cause is not None and report.cause.op is not None
     return DiagnosisTiming(

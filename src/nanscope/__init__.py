@@ -19,7 +19,9 @@ from nanscope.errors import (
 from nanscope.recover.policy import ClipOptions, GiveUp, Policy, RollbackOptions, make_policy
 from nanscope.report.model import (
     Cause,
+    Detection,
     EarlyWarning,
+    Ending,
     Evidence,
     FirstNonFinite,
     History,
@@ -27,15 +29,16 @@ from nanscope.report.model import (
     Outcome,
     Report,
 )
+from nanscope.watching.watcher import Watcher, WatcherState, watch
 
 __version__ = "0.1.0"
-
-from nanscope.watching.watcher import Watcher, watch  # noqa: E402  (needs __version__ for reports)
 
 __all__ = [
     "Cause",
     "ClipOptions",
+    "Detection",
     "EarlyWarning",
+    "Ending",
     "Evidence",
     "FirstNonFinite",
     "GiveUp",
@@ -53,6 +56,7 @@ __all__ = [
     "SpikeWarning",
     "UsageError",
     "Watcher",
+    "WatcherState",
     "__version__",
     "make_policy",
     "watch",

@@ -11,12 +11,9 @@ import sys
 from collections.abc import Sequence
 
 from nanscope.cli import demo, doctor, run
+from nanscope.cli._exit import EPILOG, EXIT_NONFINITE, EXIT_OK, EXIT_USAGE
 
 __all__ = ["EXIT_NONFINITE", "EXIT_OK", "EXIT_USAGE", "entry", "main"]
-
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_NONFINITE = 3
 
 _COMMANDS = {"run": run, "demo": demo, "doctor": doctor}
 
@@ -28,8 +25,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="nanscope",
         description="Find out why a PyTorch training loss became NaN: watch a run, stop at the first NaN/Inf, "
         "name the step, the tensors, the cause and the dataset samples.",
-        epilog="exit codes: 0 healthy or recovered, 2 usage error, 3 a non-finite value stopped the run (policy "
-        "stop, or a recovering policy gave up), otherwise the script's own exit code",
+        epilog=EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"nanscope {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -41,8 +37,6 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
-    if args_in and args_in[0] == "run":
-        return run.main(args_in[1:])
     try:
         args = parser.parse_args(args_in)
     except SystemExit as exc:  # argparse: --help / --version exit 0, usage errors 2
@@ -50,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    return int(_COMMANDS[args.command].execute(args))
+    return int(_COMMANDS[args.command].execute(args, args.parser))
 
 
 def entry() -> None:

@@ -14,7 +14,11 @@ __all__ = ["add_parser", "execute"]
 
 def add_parser(sub: Any, name: str) -> None:
     parser = sub.add_parser(
-        name, help="run the built-in demo job that blows up on dirty data, and diagnose it"
+        name,
+        help="run the built-in demo job that blows up on dirty data, and diagnose it",
+        epilog="example:\n  nanscope demo --html demo.html     the report also as a page\n\n"
+        "exit codes: 0 the blow-up was diagnosed, 1 it was not, 2 usage error",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--json", metavar="PATH", default="nanscope-report.json", help="report path (%(default)s)"
@@ -25,9 +29,10 @@ def add_parser(sub: Any, name: str) -> None:
     parser.add_argument("--policy", default="stop", choices=["stop", "warn"])
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0)")
     parser.add_argument("--dead", type=int, default=6, help="flat recordings in the dataset (6)")
+    parser.set_defaults(parser=parser)
 
 
-def execute(args: argparse.Namespace) -> int:
+def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
     from nanscope.cli import run
 
     job_args = ["--workers", str(args.workers), "--dead", str(args.dead)]

@@ -21,6 +21,9 @@ def add_parser(sub: Any, name: str) -> None:
         help="diagnose training curves from a log file or run directory (no re-run)",
         description="Read a training log (a file or a run directory; the format is detected and named) and say "
         f"what the curves show, without re-running anything. Formats: {formats}.",
+        epilog="examples:\n  nanscope doctor lightning_logs/version_0\n  nanscope doctor trainer_state.json "
+        "--json curves.json --html curves.html\n\nexit codes: 0 read and diagnosed, 2 unreadable input",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("path", help="a log file or a run directory")
     parser.add_argument("--json", metavar="OUT", help="write the nanscope.curves/1 JSON report to OUT")
@@ -30,10 +33,12 @@ def add_parser(sub: Any, name: str) -> None:
         help="write a self-contained HTML page with the curves to OUT (needs matplotlib)",
     )
     parser.add_argument("--quiet", action="store_true", help="print nothing on stdout")
+    parser.set_defaults(parser=parser)
 
 
-def execute(args: argparse.Namespace) -> int:
-    from nanscope.cli import EXIT_OK, EXIT_USAGE
+def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
+    from nanscope._atomic import atomic_write_text
+    from nanscope.cli._exit import EXIT_OK, EXIT_USAGE
     from nanscope.curves.readers import read
     from nanscope.detect.curves import report as curves_report
     from nanscope.errors import UsageError
@@ -54,9 +59,7 @@ def execute(args: argparse.Namespace) -> int:
             print(f"nanscope doctor: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
     if args.json:
-        from pathlib import Path
-
-        Path(args.json).write_text(dumps(report), encoding="utf-8")
+        atomic_write_text(args.json, dumps(report))
     if not args.quiet:
         sys.stdout.write(render_text(report))
     return EXIT_OK

@@ -18,12 +18,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from nanscope.cli._exit import EPILOG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NONFINITE, EXIT_USAGE
 from nanscope.errors import NonFiniteError, UsageError
 from nanscope.recover.policy import HANDLERS, MEASURES
 
 __all__ = ["add_parser", "execute", "main"]
-
-_VALUED = {"--json", "--html", "--policy", "--history", "--quarantine", "--snapshot-every", "--snapshot-dir"}
 
 
 def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -58,10 +57,28 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--no-data", action="store_true", help="do not map DataLoader batches to dataset indices"
     )
     parser.add_argument("--quiet", action="store_true", help="print no report on stderr")
-    parser.add_argument("-m", dest="module", metavar="MODULE", help="run a module, as python -m does")
-    parser.add_argument("script", nargs="?", help="the training script (then its arguments)")
-    parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "-m",
+        "--module",
+        action="store_true",
+        help="TARGET is a module, run as python -m does (torchrun's -m)",
+    )
+    parser.add_argument(
+        "target", nargs="?", metavar="TARGET", help="the training script (or module, with -m)"
+    )
+    parser.add_argument(
+        "args", nargs=argparse.REMAINDER, help="the script's own arguments, passed as they are"
+    )
+    parser.set_defaults(parser=parser)
     return parser
+
+
+_EXAMPLES = """examples:
+  nanscope run train.py --lr 0.1                     the script's arguments follow it
+  nanscope run --json report.json -m mypkg.train     a module, as python -m mypkg.train
+  nanscope run --policy quarantine+rollback train.py keep the run alive, drop dirty samples
+
+"""
 
 
 def add_parser(sub: Any, name: str) -> None:
@@ -70,40 +87,17 @@ def add_parser(sub: Any, name: str) -> None:
             name,
             help="run a training script under watch, with no code changes",
             description=__doc__.split("\n\n")[1] if __doc__ else None,
+            epilog=_EXAMPLES + EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
     )
 
 
-def _split(args: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Our options, then the target and its arguments (which are never parsed by nanscope)."""
-    argv = list(args)
-    ours: list[str] = []
-    i = 0
-    while i < len(argv):
-        token = argv[i]
-        if token == "-m":
-            return ours + argv[i : i + 2], list(argv[i + 2 :])
-        if token in _VALUED:
-            ours += argv[i : i + 2]
-            i += 2
-            continue
-        if token.startswith("-") and token != "-":
-            ours.append(token)
-            i += 1
-            continue
-        return ours + [token], list(argv[i + 1 :])
-    return ours, []
-
-
 def main(argv: Sequence[str]) -> int:
-    parser = _configure(argparse.ArgumentParser(prog="nanscope run", description=__doc__.split("\n\n")[1]))
-    ours, rest = _split(list(argv))
-    try:
-        args = parser.parse_args(ours)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    args.args = rest
-    return execute(args, parser)
+    """``nanscope run ARGV`` in-process (the demo uses it)."""
+    from nanscope.cli import main as cli_main
+
+    return cli_main(["run", *argv])
 
 
 def _script_frames(tb: TracebackType | None, target: str | None) -> TracebackType | None:
@@ -117,7 +111,6 @@ def _script_frames(tb: TracebackType | None, target: str | None) -> TracebackTyp
 
 
 def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
-    from nanscope.cli import EXIT_NONFINITE, EXIT_USAGE
     from nanscope.report.json import write
     from nanscope.report.text import print_report
     from nanscope.watching.watcher import Watcher
@@ -128,12 +121,12 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
         print(f"nanscope run: error: {message}", file=sys.stderr)
         return EXIT_USAGE
 
-    if args.module and args.script:
-        args.args = [args.script, *args.args]
-    if not args.module and not args.script:
+    if not args.target:
         return usage(
             "give a script to run (nanscope run train.py [args]) or a module (nanscope run -m pkg.mod)"
         )
+    args.script = None if args.module else args.target
+    args.module = args.target if args.module else None
     target: str | None = None
     if args.script:
         path = Path(args.script)
@@ -198,12 +191,14 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
         else:
             print(exc.code, file=sys.stderr)
             code = 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         traceback.print_exc()
-        code = 130
+        watcher.ended_by(exc)
+        code = EXIT_INTERRUPTED
     except BaseException as exc:
         _print_script_error(exc, target)
-        code = 1
+        watcher.ended_by(exc)
+        code = EXIT_FAILED
     finally:
         sys.argv = saved_argv
         if saved_path0 is not None:
@@ -223,6 +218,12 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
             html.write(html.run_page(report), args.html)
         except UsageError as exc:
             print(f"nanscope run: {exc}", file=sys.stderr)
+    if report.verdict == "unwatched":
+        print(
+            "nanscope run: warning: nothing was watched: the script ran no optimizer step and no backward() "
+            "of a floating-point loss (is it a training script? does it train in a subprocess?)",
+            file=sys.stderr,
+        )
     if not args.quiet:
         print_report(report, sys.stderr)
         for path in (args.json, args.html):

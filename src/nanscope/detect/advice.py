@@ -10,13 +10,28 @@ from nanscope.report.model import Cause, History
 __all__ = ["clip_hint", "suggestions_for"]
 
 
-def clip_hint(history: History) -> str:
+def clip_hint(history: History, script_clip: tuple[str, float] | None = None) -> str:
     """A clipping call with ``max_norm`` at 2x the typical grad norm of the run's *early* steps (the first fifth
-    of the history): in a diverging run the later norms are the problem, not the reference."""
+    of the history): in a diverging run the later norms are the problem, not the reference. When the script
+    already clips by norm, the advice is never looser than its own limit."""
     norms = [v for v in history.grad_norm if v is not None and math.isfinite(v)]
+    typical = None
     if len(norms) >= 5:
         early = sorted(norms[: max(5, len(norms) // 5)])
         typical = early[len(early) // 2]
+    if script_clip is not None and script_clip[0] == "norm":
+        limit = script_clip[1]
+        if typical is not None and 2 * typical < limit:
+            return (
+                f"the script already clips at max_norm={limit:g}; tighten it to {2 * typical:.3g} (2x the median "
+                f"grad norm of the run's early steps, {typical:.3g}) — clipping slows an explosion, it cannot "
+                "remove a NaN/Inf once an op made one"
+            )
+        return (
+            f"the script already clips at max_norm={limit:g}, and clipping cannot remove a NaN/Inf once an op "
+            "made one: fix the op, or lower the learning rate"
+        )
+    if typical is not None:
         return (
             f"torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={2 * typical:.3g}) (2x the median "
             f"grad norm of the run's early steps, {typical:.3g})"
@@ -24,7 +39,9 @@ def clip_hint(history: History) -> str:
     return "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)"
 
 
-def suggestions_for(cause: Cause, history: History) -> tuple[str, ...]:
+def suggestions_for(
+    cause: Cause, history: History, script_clip: tuple[str, float] | None = None
+) -> tuple[str, ...]:
     kind = cause.kind
     if kind == "nonfinite_input":
         who = f"dataset samples {list(cause.samples)[:20]}" if cause.samples else "the offending batch rows"
@@ -59,7 +76,7 @@ def suggestions_for(cause: Cause, history: History) -> tuple[str, ...]:
                 "Set the optimizer's `eps` > 0 (the default 1e-8): with eps=0, Adam divides 0 by 0 where a "
                 "weight has received only zero gradients."
             )
-        tips.append(f"Lower the learning rate by 10x and clip gradients: {clip_hint(history)}.")
+        tips.append(f"Lower the learning rate by 10x and clip gradients: {clip_hint(history, script_clip)}.")
         tips.append("Check custom optimizer code and its state for divisions without an eps.")
         return tuple(tips)
     # undetermined, and kinds the localizer adds later: the likely culprits of the phase first
@@ -76,7 +93,7 @@ def suggestions_for(cause: Cause, history: History) -> tuple[str, ...]:
         ]
     tips += [
         "If the loss or grad norm grew over the steps before, lower the learning rate by 10x or add warm-up.",
-        f"Clip gradients: {clip_hint(history)}.",
+        f"Clip gradients: {clip_hint(history, script_clip)}.",
         "If training in float16, switch to bfloat16 or use torch.amp.GradScaler.",
     ]
     return tuple(tips)

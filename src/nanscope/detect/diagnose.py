@@ -44,9 +44,9 @@ class Observation:
     op_samples: tuple[int, ...] | None = None  # dataset indices of the rows the op turned non-finite
     replay_note: str | None = None  # why there was no replay, if there was none
     op_whole_batch: bool = False  # every row went non-finite: a property of the batch, not of samples
-    layer_growth: tuple[
-        tuple[str, float, float], ...
-    ] = ()  # (parameter, first, last grad norm), fastest first
+    # (parameter, first, last grad norm), fastest first
+    layer_growth: tuple[tuple[str, float, float], ...] = ()
+    script_clip: tuple[str, float] | None = None  # ("norm" | "value", limit) when the script clips itself
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +116,23 @@ def _input_cause(obs: Observation, bad: list[BatchScan]) -> tuple[FirstNonFinite
 
 
 def diagnose(obs: Observation) -> Diagnosis:
+    """The cause of the first non-finite value, from what was measured (see the module docstring)."""
+    found = _diagnose(obs)
+    if obs.script_clip is None:
+        return found
+    kind, limit = obs.script_clip
+    call = "clip_grad_norm_" if kind == "norm" else "clip_grad_value_"
+    note = Evidence(
+        "script clips",
+        f"the script clips the gradients ({call} at {limit:g}); nanscope judged them as backward left them, "
+        "before the clip (a clip spreads one NaN gradient to every parameter and cannot remove one)",
+        {"clip": kind, "limit": limit},
+    )
+    cause = replace(found.cause, evidence=(*found.cause.evidence, note))
+    return replace(found, cause=cause)
+
+
+def _diagnose(obs: Observation) -> Diagnosis:
     """Turn one failing iteration's measurements into a diagnosis (pure; no tensors are touched)."""
     first: FirstNonFinite
     cause: Cause
@@ -241,7 +258,7 @@ def diagnose(obs: Observation) -> Diagnosis:
             evidence=tuple(facts) + touched,
         )
         explode = found.kind in ("gradient_explosion", "overflow")
-        clip = (f"Clip gradients: {clip_hint(obs.history)}.",) if explode else ()
+        clip = (f"Clip gradients: {clip_hint(obs.history, obs.script_clip)}.",) if explode else ()
         return Diagnosis(first=first, cause=cause, suggestions=found.suggestions + clip)
     else:
         evidence: list[Evidence] = []
@@ -275,4 +292,6 @@ def diagnose(obs: Observation) -> Diagnosis:
             evidence.append(Evidence("localization", obs.replay_note))
         cause = Cause(kind="undetermined", phase=phase, summary=summary, evidence=tuple(evidence))
         first = FirstNonFinite(obs.step, obs.trigger, obs.trigger_names)
-    return Diagnosis(first=first, cause=cause, suggestions=suggestions_for(cause, obs.history))
+    return Diagnosis(
+        first=first, cause=cause, suggestions=suggestions_for(cause, obs.history, obs.script_clip)
+    )

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from nanscope._tree import iter_tensors
 
 __all__ = [
     "BadHyperparameter",
@@ -21,27 +23,6 @@ __all__ = [
     "nonfinite_names",
     "scan_batch",
 ]
-
-
-def iter_tensors(obj: Any, path: str = "batch", _depth: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor inside a (nested) batch with a readable path: ``batch[0]``, ``batch['label']``, ``batch.x``."""
-    if _depth > 6:
-        return
-    if isinstance(obj, torch.Tensor):
-        yield path, obj
-    elif isinstance(obj, Mapping):
-        for key, value in obj.items():
-            yield from iter_tensors(value, f"{path}[{key!r}]", _depth + 1)
-    elif isinstance(obj, (list, tuple)):
-        if hasattr(obj, "_fields"):  # namedtuple
-            for name in obj._fields:
-                yield from iter_tensors(getattr(obj, name), f"{path}.{name}", _depth + 1)
-        else:
-            for i, value in enumerate(obj):
-                yield from iter_tensors(value, f"{path}[{i}]", _depth + 1)
-    elif is_dataclass(obj) and not isinstance(obj, type):
-        for f in fields(obj):
-            yield from iter_tensors(getattr(obj, f.name), f"{path}.{f.name}", _depth + 1)
 
 
 @dataclass(frozen=True, slots=True)

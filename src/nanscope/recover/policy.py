@@ -115,6 +115,7 @@ class Decision:
     action: Action
     quarantine: tuple[int, ...] = ()  # dataset indices to exclude from now on
     reason: str = ""  # why, in words, for the report (give-up and fallbacks especially)
+    gave_up: bool = False  # a recovering policy reached its limits and stops the run
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +160,31 @@ class Policy:
         """Whether the run goes on after a failure with the failing update undone."""
         return self.handler in ("skip", "rollback")
 
+    @property
+    def replays_in_loop(self) -> bool:
+        """Whether a failing step may be run again by the script's own loop (``warn`` lets every update
+        through, so a replay would change the run)."""
+        return self.handler != "warn"
+
+    @property
+    def takes_snapshots(self) -> bool:
+        return self.handler == "rollback"
+
+    @property
+    def reads_each_step(self) -> bool:
+        """Whether each step's verdict is needed before its update (``skip``: a host sync per step on CUDA)."""
+        return self.handler == "skip"
+
+    @property
+    def diagnoses_every_event(self) -> bool:
+        """Whether every failing step is diagnosed (recovering runs), not only the first."""
+        return self.recovers
+
+    @property
+    def acts(self) -> bool:
+        """Whether the policy does anything beyond watching: recovers, quarantines or clips."""
+        return self.recovers or self.quarantine or self.clip is not None
+
     def decide(self, event: Event) -> Decision:
         cause = event.diagnosis.cause
         samples = (
@@ -170,7 +196,7 @@ class Policy:
             return Decision(Action.CONTINUE)
         limit = "" if samples else self._limit(event)  # a failure whose samples are excluded is progress
         if limit:
-            return Decision(Action.STOP, samples, f"gave up: {limit}")
+            return Decision(Action.STOP, samples, f"gave up: {limit}", gave_up=True)
         if self.handler == "rollback":
             if not event.applied and cause.kind in _BATCH_KINDS:
                 reason = "the batch explains it and the weights before it are intact: no rollback"

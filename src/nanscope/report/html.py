@@ -84,9 +84,8 @@ def run_page(report: Report) -> str:
     first, cause = report.first_nonfinite, report.cause
     body = ["<h1>nanscope report</h1>"]
     if first is None:
-        body.append(
-            f'<p id="verdict" class="verdict good">healthy: {report.steps} steps watched, no NaN/Inf</p>'
-        )
+        good = "good" if report.verdict == "healthy" else "warn"
+        body.append(f'<p id="verdict" class="verdict {good}">{html.escape(report.headline())}</p>')
     else:
         body.append(
             f'<p id="verdict" class="verdict bad">non-finite {html.escape(first.where)} at step {first.step}</p>'

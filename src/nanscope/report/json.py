@@ -19,6 +19,7 @@ from nanscope.report.model import (
     Cause,
     Detection,
     EarlyWarning,
+    Ending,
     Evidence,
     FirstNonFinite,
     History,
@@ -136,6 +137,9 @@ def loads(text: str) -> Report:
             for w in data.get("early_warnings", ())
         ),
         outcome=None if data.get("outcome") is None else _outcome(data["outcome"]),
+        watched_steps=data.get("watched_steps", 0),
+        scaler_skipped_steps=data.get("scaler_skipped_steps", 0),
+        ending=None if data.get("ending") is None else Ending(**data["ending"]),
     )
 
 

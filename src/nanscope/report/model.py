@@ -163,10 +163,27 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True)
+class Ending:
+    """How a run that did not end normally ended: the script's own exception, or an interrupt."""
+
+    kind: Literal["exception", "interrupted"]
+    exception: str  # the exception's type name, e.g. "ValueError" or "KeyboardInterrupt"
+    message: str
+    step: int  # the iteration it happened in
+    nonfinite_seen: bool  # whether any NaN/Inf had been seen before it
+
+    def text(self) -> str:
+        seen = "after a NaN/Inf was seen" if self.nonfinite_seen else "no NaN/Inf seen before it"
+        what = "was interrupted" if self.kind == "interrupted" else f"raised {self.exception}"
+        message = f" ({self.message[:120]})" if self.message else ""
+        return f"the script {what}{message} at step {self.step}; {seen}"
+
+
+@dataclass(frozen=True, slots=True)
 class Report:
     """Everything nanscope concluded about one watched run."""
 
-    verdict: Literal["healthy", "nonfinite"]
+    verdict: Literal["healthy", "nonfinite", "unwatched"]
     first_nonfinite: FirstNonFinite | None
     cause: Cause | None
     suggestions: tuple[str, ...]
@@ -179,16 +196,25 @@ class Report:
     interventions: tuple[Intervention, ...] = ()
     early_warnings: tuple[EarlyWarning, ...] = ()
     outcome: Outcome | None = None
+    watched_steps: int = 0  # iterations nanscope watched to their end
+    scaler_skipped_steps: int = 0  # iterations a GradScaler ended without an update (Inf/NaN gradients)
+    ending: Ending | None = None  # the script's own exception or an interrupt, when the run ended in one
     schema: str = SCHEMA
 
     def __post_init__(self) -> None:
-        if (self.verdict == "healthy") != (self.first_nonfinite is None):
-            raise ValueError("a healthy report has no first_nonfinite; a nonfinite one must have it")
+        if (self.verdict != "nonfinite") != (self.first_nonfinite is None):
+            raise ValueError("only a nonfinite report has a first_nonfinite, and it must have one")
 
     def headline(self) -> str:
         """One line for an exception message or a log."""
         if self.first_nonfinite is None:
-            return f"healthy: {self.steps} steps watched, no NaN/Inf"
+            end = f"; {self.ending.text()}" if self.ending else ""
+            if self.verdict == "unwatched":
+                return (
+                    "nothing watched: no training step was seen (no optimizer step or backward() of a "
+                    f"floating-point loss){end}"
+                )
+            return f"healthy: {self.watched_steps} steps watched, no NaN/Inf{end}"
         first = self.first_nonfinite
         kind = f" ({self.cause.kind})" if self.cause else ""
         summary = f": {self.cause.summary}" if self.cause else ""

@@ -23,7 +23,9 @@ def _lines(report: Report) -> list[tuple[str, str]]:
     """(style, text) pairs: the single source both renderers draw from."""
     out: list[tuple[str, str]] = []
     first, cause = report.first_nonfinite, report.cause
-    if first is None:
+    if report.verdict == "unwatched":
+        out.append(("bold yellow", "nothing watched - " + report.headline().split(": ", 1)[1]))
+    elif first is None:
         out.append(("bold green", f"healthy - {report.steps} steps watched, no NaN/Inf seen"))
     else:
         out.append(("bold red", f"non-finite {first.where} at step {first.step}"))
@@ -48,6 +50,15 @@ def _lines(report: Report) -> list[tuple[str, str]]:
             out.append(("bold", f"  dataset samples: {shown}{more}"))
         for ev in cause.evidence:
             out.append(("dim", f"  - {ev.label}: {ev.detail}"))
+    if report.ending is not None:
+        out.append(("bold yellow", f"run ended early: {report.ending.text()}"))
+    if report.scaler_skipped_steps:
+        out.append(
+            (
+                "dim",
+                f"GradScaler skipped {report.scaler_skipped_steps} step(s) on Inf/NaN gradients (by design)",
+            )
+        )
     if report.detections:
         steps = ", ".join(str(d.step) for d in report.detections[:10])
         out.append(

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 from nanscope.errors import InternalErrorWarning
+from nanscope.watching.events import MISSING
 
-__all__ = ["MISSING", "patched_next", "patched_next_index"]
+__all__ = ["patched_next", "patched_next_index"]
 
-MISSING = object()
 _records: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictionary()
 
 
@@ -66,17 +66,18 @@ def _source(it: Any) -> str:
 
 def patched_next(
     original: Callable[[Any], Any],
-    sink: Callable[[Any, Any, str, Any], None],
+    sink: Callable[[Any, Any, str, Any, Any], None],
     refeed: Callable[[Any], Any] | None = None,
 ) -> Callable[[Any], Any]:
     """``refeed(dataset)`` may return a batch to hand out again instead of the next one (replay), else
-    ``MISSING``; ``sink(batch, indices, source, dataset)`` learns of every batch."""
+    ``MISSING``; ``sink(batch, indices, source, dataset, iterator)`` learns of every batch."""
 
     @functools.wraps(original)
     def __next__(it: Any) -> Any:
         if refeed is not None:
             again = refeed(getattr(it, "_dataset", None))
-            if again is not MISSING:
+            if again is not MISSING:  # drawn again, in this loader's order: the sink learns of it too
+                sink(again, None, _source(it), getattr(it, "_dataset", None), it)
                 return again
         task_info = getattr(it, "_task_info", None)
         before = set(task_info) if task_info is not None else None
@@ -92,7 +93,8 @@ def patched_next(
                         indices = found
             else:
                 indices = record.pop("last", MISSING)
-            sink(batch, None if indices is MISSING else indices, _source(it), getattr(it, "_dataset", None))
+            found = None if indices is MISSING else indices
+            sink(batch, found, _source(it), getattr(it, "_dataset", None), it)
         except Exception as exc:
             warnings.warn(f"nanscope could not track a batch: {exc!r}", InternalErrorWarning, stacklevel=2)
         return batch

@@ -10,11 +10,12 @@ from __future__ import annotations
 import gc
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["Naming", "find_roots", "normalize_models"]
+__all__ = ["Naming", "find_roots", "graph_parameters", "normalize_models"]
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
@@ -37,7 +38,8 @@ def find_roots(params: Iterable[torch.Tensor]) -> list[nn.Module]:
         return []
     with warnings.catch_warnings():  # isinstance() on lazy deprecated module attributes can warn
         warnings.simplefilter("ignore")
-        modules = [o for o in gc.get_objects() if isinstance(o, nn.Module)]
+        # type(), not isinstance(): a weakref.proxy to a module (Lightning keeps some) claims to be one
+        modules = [o for o in gc.get_objects() if issubclass(type(o), nn.Module)]
     parent: dict[int, list[nn.Module]] = {}
     owners = []
     for m in modules:
@@ -61,6 +63,25 @@ def find_roots(params: Iterable[torch.Tensor]) -> list[nn.Module]:
                 roots[id(m)] = m
     unwrapped = {id(r): r for r in (_unwrap(m) for m in roots.values())}
     return list(unwrapped.values())
+
+
+def graph_parameters(tensors: object, limit: int = 100_000) -> list[torch.Tensor]:
+    """The leaf tensors that require grad behind ``tensors``' autograd graph: the parameters a loop without
+    an optimizer trains (walked once, at its first ``backward()``)."""
+    items = [tensors] if isinstance(tensors, torch.Tensor) else list(tensors or ())  # type: ignore[call-overload]
+    stack: list[Any] = [t.grad_fn for t in items if isinstance(t, torch.Tensor) and t.grad_fn is not None]
+    seen: set[int] = set()
+    found: dict[int, torch.Tensor] = {}
+    while stack and len(seen) < limit:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)  # AccumulateGrad
+        if isinstance(variable, torch.Tensor):
+            found[id(variable)] = variable
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return list(found.values())
 
 
 def normalize_models(

@@ -1,7 +1,14 @@
-"""What the watcher keeps per training iteration and per optimizer."""
+"""What the engine keeps per training iteration and per watched optimizer.
+
+An *iteration* is the work between two weight updates (all watched optimizers stepped once; with no
+optimizer, one ``backward()``); a *micro-batch* is one ``backward()`` and the forwards before it. The step
+index of an iteration is the number of optimizer steps completed before it (with no optimizer: backward
+calls).
+"""
 
 from __future__ import annotations
 
+import math
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,8 +16,9 @@ from typing import Any
 import torch
 
 from nanscope.localize.replay import RngState
+from nanscope.watching.batches import Drawn
 
-__all__ = ["Iteration", "Tracked"]
+__all__ = ["Iteration", "WatchedOptimizer"]
 
 
 @dataclass(eq=False)
@@ -19,36 +27,52 @@ class Iteration:
 
     step: int
     losses: list[float] = field(default_factory=list)
-    grad_sq: float | None = None
+    grad_sq: float | None = None  # squared global grad norm after the newest backward (accumulated)
+    grad_backward: int = -1  # which backward of the iteration grad_sq was read after
     lr: float | None = None
-    # batch, indices, source, and the Dataset it came from (None for observe_batch)
-    batches: list[tuple[Any, Any, str, Any]] = field(default_factory=list)
-    # one 0-d sum per training forward, on the device; read only after a trigger
-    output_sums: list[torch.Tensor] = field(default_factory=list)
-    pending: int = 0
-    done: bool = False
-    forward_checked: bool = False
+    batches: list[Drawn] = field(default_factory=list)  # one per micro-batch, in consumption order
+    # one 0-d "all finite" flag per training forward output, on the device; read only after a trigger
+    output_flags: list[torch.Tensor] = field(default_factory=list)
+    pending: int = 0  # device values submitted and not read yet
+    done: bool = False  # the iteration ended (update applied or discarded)
+    started: bool = False  # its first training forward ran
+    in_micro_batch: bool = False  # a training forward ran since the last backward
+    first_module: int | None = None  # id of the module whose forward began the current micro-batch
+    backwards: int = 0
     inf_loss: bool = False  # an infinite (not NaN) loss, judged at the step: a GradScaler may own it
-    scaler_step: bool | None = None  # None until a step starts; True when a GradScaler drives it
-    rng: RngState | None = None  # RNG at the first training forward (kept only when a step_fn can replay)
+    scaled: bool = False  # a GradScaler scaled a loss of this iteration (it judges the gradients itself)
+    rng: RngState | None = None  # RNG at the failing micro-batch's first forward (for the replay)
     bad_buffers_at_start: tuple[str, ...] = ()
     failed: bool = False  # a non-finite value was handled for this iteration
     discard: bool = False  # the policy discards this iteration's update
-    clip_threshold: float | None = None  # the grad-norm limit clipping applied at this step
-    settled: bool = False  # every value read and the recovery bookkeeping done
+    clip_threshold: float | None = None  # the grad-norm limit nanscope's adaptive clipping applied
+    script_clip: tuple[str, float] | None = None  # ("norm" | "value", limit) when the script clipped
+    settled: bool = False  # every value read and the bookkeeping done
     # (buffer, copy) at the first training forward, under skip/rollback: a discarded step puts them back
     buffers_before: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
+    @property
+    def mean_loss(self) -> float | None:
+        return sum(self.losses) / len(self.losses) if self.losses else None
+
+    @property
+    def grad_norm(self) -> float | None:
+        return None if self.grad_sq is None else math.sqrt(self.grad_sq)
+
     def release(self) -> None:
         if self.done and self.pending == 0:
-            self.batches, self.output_sums, self.rng, self.buffers_before = [], [], None, []
+            self.batches, self.output_flags, self.rng, self.buffers_before = [], [], None, []
 
 
 @dataclass(eq=False)
-class Tracked:
+class WatchedOptimizer:
     optimizer: weakref.ref[torch.optim.Optimizer]
     index: int
     steps: int = 0
-    checked: bool = False
+    checked: bool = False  # its weights were checked once before its first update
     bad_before: tuple[str, ...] = ()
-    readings: list[Any] = field(default_factory=list)  # this step's gradient probe (for clipping)
+    readings: list[Any] = field(default_factory=list)  # the last gradient probe (for adaptive clipping)
+
+    def params(self) -> list[torch.Tensor]:
+        opt = self.optimizer()
+        return [] if opt is None else [p for g in opt.param_groups for p in g["params"]]

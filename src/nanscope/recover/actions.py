@@ -1,0 +1,231 @@
+"""Carrying out recovery: skip, roll back, back off the learning rate, clip, quarantine.
+
+The policy (pure) has decided; :class:`Recoverer` owns the state these actions need and is called by the
+engine at safe points of the step:
+
+* a discarded step has every gradient set to ``None`` just before the update (:func:`discard_update`), so
+  ``step()`` leaves parameters, optimizer state, step counts and weight decay alone (zeroing gradients would
+  not: Adam-like optimizers would still decay their moments and apply weight decay);
+* a rollback is carried out at the next update or training forward, never inside ``backward()`` (autograd's
+  saved tensors must not change under it);
+* the learning-rate back-off multiplies each param group's ``lr`` just before ``step()`` and restores it just
+  after, so schedulers keep their own values;
+* clipping scales the gradients on the device by ``min(1, threshold / norm)`` computed from the probe's
+  values (no host sync); the threshold comes from earlier steps' norms (:class:`~nanscope.recover.clip.ZClip`).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from nanscope.recover.clip import ZClip
+from nanscope.recover.policy import Policy
+from nanscope.recover.quarantine import Quarantine
+from nanscope.recover.snapshot import Snapshots, State
+from nanscope.report.model import Intervention, Outcome
+
+__all__ = ["Recoverer", "discard_update", "find_schedulers_and_scalers"]
+
+_MAX_RECORDS = 100
+
+
+def discard_update(params: Sequence[torch.Tensor]) -> None:
+    """Make the coming ``step()`` a no-op: optimizers leave parameters without gradients untouched."""
+    for p in params:
+        p.grad = None
+
+
+class Recoverer:
+    def __init__(self, policy: Policy, quarantine: str | None, live: Callable[[], State]) -> None:
+        self._policy = policy
+        self._live = live
+        self.snapshots = Snapshots(policy.rollback) if policy.takes_snapshots else None
+        path = quarantine or policy.quarantine_file
+        self.quarantine = Quarantine(path) if (policy.quarantine or path) else None
+        self._zclip = ZClip(policy.clip) if policy.clip is not None else None
+        self.interventions: list[Intervention] = []
+        self.interventions_dropped = 0
+        self.failures = 0
+        self.consecutive = 0
+        self.skipped = 0
+        self._rollbacks = 0
+        self._undone = 0
+        self._clipped = 0
+        self._recovery_seconds = 0.0
+        self.gave_up = False
+        self.rollback_due = False
+        self._backoff_level = 0  # rollbacks whose LR back-off is still in force
+        self._calm_since = 0  # step of the last rollback or back-off relaxation
+        self._backoff_relaxed = False  # a back-off was relaxed once
+        self._backoff_kept = False  # ...and failed again: the lower rate stays for the rest of the run
+        self._lr_saved: dict[int, list[tuple[dict[str, Any], float]]] = {}
+
+    # ------------------------------------------------------------------ records
+    def record(self, step: int, kind: Any, detail: str, **data: Any) -> None:
+        if len(self.interventions) < _MAX_RECORDS:
+            self.interventions.append(Intervention(step, kind, detail, data))
+        else:
+            self.interventions_dropped += 1
+
+    def failed(self) -> None:
+        self.failures += 1
+        self.consecutive += 1
+
+    def outcome(self, steps: int, seconds_lost: float, median_step: float) -> Outcome | None:
+        if not (self._policy.acts or self.quarantine):
+            return None
+        snaps = self.snapshots
+        return Outcome(
+            failed_steps=self.failures,
+            skipped_steps=self.skipped,
+            rollbacks=self._rollbacks,
+            steps_undone=self._undone,
+            quarantined=tuple(s.index for s in self.quarantine.samples()) if self.quarantine else (),
+            clipped_steps=self._clipped,
+            clip_rate=self._clipped / max(steps, 1),
+            snapshots=snaps.taken if snaps else 0,
+            snapshot_seconds=snaps.seconds if snaps else 0.0,
+            snapshot_bytes=snaps.items[-1].nbytes if snaps and snaps.items else 0,
+            recovery_seconds=self._recovery_seconds,
+            seconds_lost=seconds_lost + self._undone * median_step,
+            gave_up=self.gave_up,
+        )
+
+    # ------------------------------------------------------------------ before and after an update
+    def first_snapshot(self, step: int) -> None:
+        if self.snapshots is not None and not self.snapshots.items and step == 0:
+            self.snapshots.take(0, self._live())  # the state before the first update
+
+    def back_off(self, opt: torch.optim.Optimizer) -> float:
+        """Scale this update's learning rates by the back-off in force; returns the factor (1.0: none)."""
+        if not self._backoff_level:
+            return 1.0
+        factor = self._policy.rollback.backoff**self._backoff_level
+        saved = []
+        for group in opt.param_groups:
+            lr = group.get("lr")
+            if isinstance(lr, float):
+                saved.append((group, lr))
+                group["lr"] = lr * factor
+        self._lr_saved[id(opt)] = saved
+        return factor
+
+    def restore_lr(self, opt: torch.optim.Optimizer) -> None:
+        for group, lr in self._lr_saved.pop(id(opt), ()):
+            group["lr"] = lr
+
+    @torch.no_grad()
+    def clip(self, params: Sequence[torch.Tensor], readings: Sequence[Any]) -> float | None:
+        """Adaptive clipping from the gradient probe's device values; returns the limit applied."""
+        if self._zclip is None or not readings:
+            return None
+        limit = self._zclip.threshold
+        if limit is None:
+            return None
+        for reading in readings:
+            v = reading.vector
+            head, tail = v[: reading.norms], v[reading.norms :]
+            sq = (head * head).sum() + (tail.sum() if reading.squares else 0)
+            coef = (limit / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+            grads = [g for p in params if (g := p.grad) is not None and g.device == v.device]
+            if grads:
+                torch._foreach_mul_(grads, coef.to(grads[0].dtype))
+        return limit
+
+    def roll_back(self, step: int) -> None:
+        self.rollback_due = False
+        assert self.snapshots is not None
+        snap = self.snapshots.best()
+        if snap is None:
+            return
+        start = time.perf_counter()
+        good = snap.good
+        self.snapshots.restore(snap, self._live())
+        self._recovery_seconds += time.perf_counter() - start
+        self._rollbacks += 1
+        self._undone += step - snap.step
+        self._backoff_level += 1
+        self._backoff_kept = self._backoff_kept or self._backoff_relaxed
+        self._calm_since = step
+        options = self._policy.rollback
+        factor = options.backoff**self._backoff_level
+        until = (
+            "for the rest of the run"
+            if options.cooldown is None or self._backoff_kept
+            else f"one factor undone per {options.cooldown} steps without failure"
+        )
+        self.record(
+            step,
+            "rollback",
+            f"restored the snapshot of step {snap.step} ({'confirmed good' if good else 'not yet confirmed'}"
+            f"; {step - snap.step} steps undone); lr x{factor:g} ({until})",
+            to_step=snap.step,
+            confirmed=good,
+            steps_undone=step - snap.step,
+            lr_factor=factor,
+            cooldown=options.cooldown,
+        )
+
+    def iteration_done(self, step: int) -> None:
+        """A step completed (all optimizers stepped): relax the back-off, take a snapshot when one is due."""
+        cooldown = self._policy.rollback.cooldown
+        if (
+            self._backoff_level
+            and cooldown is not None
+            and not self._backoff_kept
+            and step - self._calm_since >= cooldown
+        ):
+            self._backoff_level -= 1
+            self._backoff_relaxed = True
+            self._calm_since = step
+        if self.snapshots is not None and self.snapshots.due(step) and not self.rollback_due:
+            self.snapshots.take(step, self._live())
+
+    def settled(self, step: int, norm: float | None, clip_threshold: float | None) -> None:
+        """Every value of a finite iteration was read."""
+        self.consecutive = 0
+        if self.snapshots is not None:
+            self.snapshots.confirm(step + 1)
+        if self._zclip is not None and norm is not None:
+            self._zclip.update(norm)
+            if clip_threshold is not None and norm > clip_threshold:
+                self._clipped += 1
+
+    def close(self) -> None:
+        if self.snapshots is not None:
+            self.snapshots.close()
+
+
+def find_schedulers_and_scalers(optimizers: Sequence[torch.optim.Optimizer]) -> tuple[list[Any], list[Any]]:
+    """LR schedulers driving these optimizers and the GradScalers alive now (one heap scan)."""
+    from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+
+    wanted = {id(o) for o in optimizers}
+    schedulers: list[Any] = []
+    scalers: list[Any] = []
+    scaler_types = tuple(
+        t for t in (getattr(torch.amp, "GradScaler", None), getattr(torch.cuda.amp, "GradScaler", None)) if t
+    )
+    with warnings.catch_warnings():  # isinstance() on deprecated module proxies warns
+        warnings.simplefilter("ignore")
+        found = [o for o in gc.get_objects() if _is(o, (LRScheduler, ReduceLROnPlateau, *scaler_types))]
+    for obj in found:
+        if isinstance(obj, (LRScheduler, ReduceLROnPlateau)):
+            if id(getattr(obj, "optimizer", None)) in wanted:
+                schedulers.append(obj)
+        else:
+            scalers.append(obj)
+    return schedulers, scalers
+
+
+def _is(obj: Any, types: tuple[type, ...]) -> bool:
+    try:
+        return isinstance(obj, types)
+    except ReferenceError:  # a dead weak proxy
+        return False

@@ -1,0 +1,243 @@
+"""The always-on checks: loss, gradients, weights and buffers, one fused probe each, read without a sync.
+
+Every device value goes through :class:`~nanscope.watching.reader.DeviceReader`; a check that finds a
+non-finite value confirms it exactly (only the suspect tensors are scanned) and reports a :class:`Trip` to
+one callback. ``on_read(iteration)`` is called after every delivered value so the engine can settle an
+iteration once all of its values are in.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from nanscope._tree import iter_tensors
+from nanscope.detect.scan import BadHyperparameter, nonfinite_names
+from nanscope.report.model import Where
+from nanscope.watching.discovery import Naming
+from nanscope.watching.probes import Prober, Reading
+from nanscope.watching.reader import DeviceReader
+from nanscope.watching.state import Iteration, WatchedOptimizer
+
+__all__ = ["LayerNorms", "StepChecks", "Trip"]
+
+_LAYER_WINDOW = 32
+
+#: One gradient read: the parameters, their probe layout and the values read.
+LayerNorms = tuple[list[torch.Tensor], list[Reading], list[list[float]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Trip:
+    """A check found a non-finite value."""
+
+    where: Where
+    names: tuple[str, ...]
+    watched: WatchedOptimizer | None = None
+    hyperparameters: tuple[BadHyperparameter, ...] | None = None
+
+
+class StepChecks:
+    def __init__(
+        self,
+        reader: DeviceReader,
+        naming: Naming,
+        on_trip: Callable[[Iteration, Trip], None],
+        on_read: Callable[[Iteration], None],
+    ) -> None:
+        self.reader = reader
+        self._naming = naming
+        self._on_trip = on_trip
+        self._on_read = on_read
+        self._prober = Prober()
+        self._buffers: list[tuple[str, torch.Tensor]] | None = None
+        #: per-tensor grad norms of the last reads (references only): which layers grew fastest
+        self.layer_norms: deque[LayerNorms] = deque(maxlen=_LAYER_WINDOW)
+
+    def models_changed(self) -> None:
+        self._buffers = None
+
+    # ------------------------------------------------------------------ loss
+    def loss(self, it: Iteration, tensors: Any) -> None:
+        self.reader.poll()
+        items = [tensors] if isinstance(tensors, torch.Tensor) else list(tensors)
+        for tensor in items:
+            if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+                continue
+            scalar = tensor.numel() == 1
+            it.pending += 1
+            if scalar and tensor.device.type == "cpu":  # read at once: no device to wait for
+                self._loss_value(it, tensor.item(), scalar=True)
+                continue
+            with torch.no_grad():
+                value = tensor if scalar else torch.isfinite(tensor).all()
+                value = value.reshape(1).float()
+            self.reader.submit([value], functools.partial(self._loss_ready, it, scalar=scalar))
+
+    def _loss_ready(self, it: Iteration, hosts: list[torch.Tensor], scalar: bool) -> None:
+        self._loss_value(it, hosts[0].item(), scalar)
+
+    def _loss_value(self, it: Iteration, value: float, scalar: bool) -> None:
+        it.pending -= 1
+        if scalar:
+            it.losses.append(value)
+        if scalar and math.isinf(value) and it.scaled:
+            it.inf_loss = True  # a GradScaler's scaled loss overflows by design; the scaler skips that step
+        elif not (math.isfinite(value) if scalar else value == 1.0):
+            self._on_trip(it, Trip("loss", ("loss",)))
+        self._on_read(it)
+
+    # ------------------------------------------------------------------ gradients
+    def gradients(
+        self, it: Iteration, key: int, watched: WatchedOptimizer | None, params: list[torch.Tensor]
+    ) -> None:
+        """The gradients of ``params`` as they are now (``key`` names the probe plan)."""
+        self.reader.poll()
+        with_grad = [p for p in params if p.grad is not None]
+        if watched is not None:
+            watched.readings = []
+        if not with_grad:
+            return
+        grads: list[torch.Tensor] = [p.grad for p in with_grad]  # type: ignore[misc]
+        readings = self._prober.probe(key, with_grad, grads, squares=True)
+        if watched is not None:
+            watched.readings = readings
+        it.pending += 1
+        self.reader.submit(
+            [r.vector for r in readings],
+            functools.partial(self._grads_ready, it, watched, with_grad, readings, it.backwards),
+        )
+
+    def _grads_ready(
+        self,
+        it: Iteration,
+        watched: WatchedOptimizer | None,
+        params: list[torch.Tensor],
+        readings: list[Reading],
+        backward: int,
+        hosts: list[torch.Tensor],
+    ) -> None:
+        it.pending -= 1
+        values = [h.tolist() for h in hosts]
+        sq = math.fsum(r.sum_of_squares(v) for r, v in zip(readings, values, strict=True))
+        self.layer_norms.append((params, readings, values))
+        if not math.isfinite(sq):
+            index = watched.index if watched is not None else 0
+            grads = [p.grad for p in params]
+            bad = self._confirm(grads, functools.partial(self.name, index, params), readings, hosts)
+            if bad:
+                it.grad_sq, it.grad_backward = sq, backward
+                self._on_trip(it, Trip("gradients", tuple(bad)))
+                self._on_read(it)
+                return
+            # finite gradients whose float32 squares overflowed: measure the norm exactly for the history
+            sq = math.fsum(
+                float(torch.linalg.vector_norm(g, dtype=torch.float64)) ** 2 for g in grads if g is not None
+            )
+        if backward > it.grad_backward or it.grad_sq is None:  # the newest backward's (accumulated) gradients
+            it.grad_sq, it.grad_backward = sq, backward
+        elif backward == it.grad_backward:  # another optimizer's share of the same gradients
+            it.grad_sq += sq
+        self._on_read(it)
+
+    def named_norms(self, entry: LayerNorms) -> dict[str, float]:
+        """One gradient read as parameter name -> gradient L2 norm."""
+        params, readings, values = entry
+        out: dict[str, float] = {}
+        for reading, vals in zip(readings, values, strict=True):
+            for position, norm in reading.l2_norms(vals):
+                out[self._naming.param(params[position], f"params[{position}]")] = norm
+        return out
+
+    # ------------------------------------------------------------------ weights and buffers
+    def weights(self, it: Iteration, watched: WatchedOptimizer) -> None:
+        params = watched.params()
+        readings = self._prober.probe(2 * watched.index + 1, params, params, squares=False)
+        it.pending += 1
+        self.reader.submit(
+            [r.vector for r in readings],
+            functools.partial(self._weights_ready, it, watched, params, readings),
+        )
+
+    def _weights_ready(
+        self,
+        it: Iteration,
+        watched: WatchedOptimizer,
+        params: list[torch.Tensor],
+        readings: list[Reading],
+        hosts: list[torch.Tensor],
+    ) -> None:
+        it.pending -= 1
+        bad = self._confirm(params, functools.partial(self.name, watched.index, params), readings, hosts)
+        if bad:
+            self._on_trip(it, Trip("parameters", tuple(bad), watched=watched))
+        self._on_read(it)
+
+    def all_buffers(self) -> list[tuple[str, torch.Tensor]]:
+        """The buffers to watch. Buffers that hold +/-Inf but no NaN when first seen are constants by design
+        (``-inf`` attention masks, ``generate_square_subsequent_mask``) and are left out; NaN never is."""
+        if self._buffers is None:
+            watched = []
+            for name, buffer in self._naming.buffers():
+                by_design = bool(torch.isinf(buffer).any()) and not bool(torch.isnan(buffer).any())
+                if not by_design:
+                    watched.append((name, buffer))
+            self._buffers = watched
+        return self._buffers
+
+    def buffers(self, it: Iteration) -> None:
+        """Buffers (BatchNorm statistics, ...) as they enter the iteration's first training forward."""
+        self.reader.poll()
+        named = self.all_buffers()
+        if not named:
+            return
+        tensors = [t for _, t in named]
+        readings = self._prober.probe(-1, tensors, tensors, squares=False)
+        it.pending += 1
+        self.reader.submit(
+            [r.vector for r in readings], functools.partial(self._buffers_ready, it, named, readings)
+        )
+
+    def _buffers_ready(
+        self,
+        it: Iteration,
+        named: list[tuple[str, torch.Tensor]],
+        readings: list[Reading],
+        hosts: list[torch.Tensor],
+    ) -> None:
+        it.pending -= 1
+        bad = self._confirm([t for _, t in named], lambda i: named[i][0], readings, hosts)
+        if bad:
+            it.bad_buffers_at_start = tuple(bad)
+            self._on_trip(it, Trip("parameters", tuple(bad)))
+        self._on_read(it)
+
+    def output(self, it: Iteration, output: Any) -> None:
+        """One "all finite" flag per floating output of a training forward, kept on the device. An
+        ``isfinite`` reduction cannot overflow (a float32 sum of a finite +-1e37 output would)."""
+        with torch.no_grad():
+            flags = [
+                torch.isfinite(t).all() for _, t in iter_tensors(output, "output") if t.is_floating_point()
+            ]
+        it.output_flags = (it.output_flags + flags)[-4:]
+
+    # ------------------------------------------------------------------ helpers
+    def name(self, opt_index: int, params: Sequence[torch.Tensor], i: int) -> str:
+        return self._naming.param(params[i], f"optimizer[{opt_index}].params[{i}]")
+
+    @staticmethod
+    def _confirm(
+        tensors: Sequence[torch.Tensor | None],
+        name: Callable[[int], str],
+        readings: list[Reading],
+        hosts: list[torch.Tensor],
+    ) -> list[str]:
+        """Names of the tensors that really hold NaN/Inf among those whose probe value is non-finite."""
+        suspects = [i for r, h in zip(readings, hosts, strict=True) for i in r.suspects(h.tolist())]
+        return nonfinite_names((name(i), tensors[i]) for i in sorted(suspects))

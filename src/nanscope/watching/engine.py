@@ -1,0 +1,497 @@
+"""The engine: receives :class:`~nanscope.watching.events.Events`, runs the checks, decides, and acts.
+
+Composed parts, each owning its state: :class:`~nanscope.watching.checks.StepChecks` (the always-on probes),
+:class:`~nanscope.watching.run_log.RunLog` (iterations and history), :class:`~nanscope.watching.batches.Ledger`
+(which batch each micro-batch consumed), :class:`~nanscope.watching.triage.Triage` (observation, replay plans),
+:class:`~nanscope.recover.actions.Recoverer` (snapshots, back-off, clipping, quarantine) and
+:class:`~nanscope.watching.early_warning.EarlyWarnings`. The policy decides (pure); :meth:`Engine._act` is the
+one place where a decision is carried out.
+
+Step semantics (``docs/how-it-works.md``): gradients are judged when ``backward()`` returns (as backward left
+them: before any clip, after the closure's backward under ``step(closure)``, per micro-batch under
+accumulation); the update is discarded at ``before_update``; weights are judged at ``after_update``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from nanscope.detect.diagnose import Diagnosis, Observation, diagnose
+from nanscope.detect.scan import nonfinite_hyperparameters, nonfinite_names
+from nanscope.errors import NonFiniteError, NonFiniteWarning
+from nanscope.localize.refeed import Refeed, Stage
+from nanscope.localize.replay import RngState
+from nanscope.recover.actions import Recoverer, discard_update, find_schedulers_and_scalers
+from nanscope.recover.policy import Action, Decision, Event, Policy
+from nanscope.recover.snapshot import State
+from nanscope.report import json as report_json
+from nanscope.report.model import Detection, Ending, Report, Where
+from nanscope.watching import patches
+from nanscope.watching.batches import Drawn, Ledger
+from nanscope.watching.checks import StepChecks, Trip
+from nanscope.watching.discovery import Naming, find_roots, graph_parameters
+from nanscope.watching.early_warning import EarlyWarnings
+from nanscope.watching.environment import environment
+from nanscope.watching.events import MISSING
+from nanscope.watching.reader import DeviceReader
+from nanscope.watching.run_log import Capped, RunLog
+from nanscope.watching.stack import user_stacklevel
+from nanscope.watching.state import Iteration, WatchedOptimizer
+from nanscope.watching.triage import Triage
+
+__all__ = ["Engine"]
+
+_MAX_BATCHES = 8  # micro-batches kept per iteration
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        models: Mapping[str, nn.Module],
+        policy: Policy,
+        history: int,
+        report_path: str | None,
+        track_data: bool,
+        eager: bool,
+        step_fn: Callable[[Any], object] | None,
+        quarantine: str | None,
+        discover: bool,
+        on_new_models: Callable[[list[nn.Module]], None],
+    ) -> None:
+        self.policy = policy
+        self._report_path = report_path
+        self._track_data = track_data
+        self._step_fn = step_fn
+        self._discover = discover
+        self._on_new_models = on_new_models
+        self.naming = Naming()
+        self.naming.set_models(models)
+        # skipping needs each step's verdict before its update: read at once (a sync per step on CUDA)
+        self.reader = DeviceReader(eager=eager or policy.reads_each_step)
+        self.checks = StepChecks(self.reader, self.naming, on_trip=self._trip, on_read=self._read)
+        self.log = RunLog(history)
+        self.ledger = Ledger()
+        self.watched: dict[int, WatchedOptimizer] = {}
+        self.triage = Triage(
+            naming=self.naming,
+            checks=self.checks,
+            policy=policy,
+            step_fn=step_fn,
+            watched=self._live_watched,
+            history=self.log.history,
+            layer_norms=lambda: self.checks.layer_norms,
+        )
+        self.recoverer = Recoverer(policy, quarantine, self._live_state)
+        self.early = EarlyWarnings(lambda: [self.checks.named_norms(e) for e in self.checks.layer_norms])
+        self.refeed: Refeed | None = None
+        self.diagnosis: Diagnosis | None = None
+        self.detections: Capped[Detection] = Capped()
+        self.stopped = False
+        self.ending: Ending | None = None
+        self._discarding: set[int] = set()  # optimizers whose coming update is discarded
+        self._state: State | None = None
+        self._model_params: list[torch.Tensor] | None = None
+        self.script_clip: tuple[str, float] | None = None  # the script's own clipping, as last seen
+
+    # ------------------------------------------------------------------ registry
+    def track(self, opt: torch.optim.Optimizer) -> tuple[WatchedOptimizer, bool]:
+        """The watched record of ``opt`` and whether it is new."""
+        found = self.watched.get(id(opt))
+        if found is not None and found.optimizer() is opt:
+            return found, False
+        found = WatchedOptimizer(optimizer=weakref.ref(opt), index=len(self.watched))
+        self.watched[id(opt)] = found
+        if not self.naming.models or self._discover:
+            self._found_models(find_roots(found.params()))
+        return found, True
+
+    def _found_models(self, roots: list[nn.Module]) -> None:
+        if self.naming.add_found(roots):
+            self.checks.models_changed()
+            self._model_params = None
+            self._on_new_models(roots)
+
+    def _live_watched(self) -> list[WatchedOptimizer]:
+        return [w for w in self.watched.values() if w.optimizer() is not None]
+
+    def step(self) -> int:
+        """Optimizer steps completed (the minimum over optimizers); with none, iterations (backward calls)."""
+        watched = self.watched.values()
+        counts = [w.steps for w in watched if w.optimizer() is not None] or [w.steps for w in watched]
+        return min(counts) if counts else self.log.watched
+
+    def _params_without_optimizer(self) -> list[torch.Tensor]:
+        if self._model_params is None:
+            models = self.naming.models.values()
+            self._model_params = [p for m in models for p in m.parameters() if p.requires_grad]
+        return self._model_params
+
+    # ------------------------------------------------------------------ events: data
+    def optimizer_created(self, opt: torch.optim.Optimizer) -> None:
+        if self._discover:
+            self.track(opt)
+
+    def batch_drawn(self, batch: Any, indices: Any, source: str, dataset: Any, loader: Any) -> None:
+        if self.triage.replaying or not self._track_data:
+            return
+        refeed = self.refeed
+        if refeed is not None and refeed.stage is Stage.HANDED_OUT and batch is refeed.batch:
+            self.ledger.drawn(Drawn(batch, refeed.index_list, source, dataset, replay=True), loader)
+        else:
+            self.ledger.drawn(Drawn(batch, indices, source, dataset), loader)
+
+    def observe_batch(self, batch: Any, indices: Any, source: str) -> None:
+        """A batch the loop got elsewhere: consumed by the current micro-batch."""
+        self._consumed(self.log.current, Drawn(batch, indices, source, None))
+
+    def batch_to_replay(self, dataset: Any) -> Any:
+        refeed = self.refeed
+        if refeed is None:
+            return MISSING
+        if refeed.stage is Stage.TRACING:  # the loop moved on without stepping: the replay is over
+            self._finish_refeed()
+            return MISSING
+        return refeed.batch if refeed.hand_out(dataset) else MISSING
+
+    def excluded_indices(self, dataset: Any) -> frozenset[int]:
+        quarantine = self.recoverer.quarantine
+        return frozenset() if quarantine is None or dataset is None else quarantine.excluded(dataset)
+
+    def _consumed(self, it: Iteration, drawn: Drawn) -> None:
+        it.batches.append(drawn)
+        if len(it.batches) > _MAX_BATCHES:
+            del it.batches[0]
+
+    # ------------------------------------------------------------------ events: forward and backward
+    def forward_started(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        if not torch.is_grad_enabled() or self.triage.replaying:
+            return
+        it = self.log.current
+        if it.in_micro_batch:
+            return
+        it.in_micro_batch = True
+        drawn = self.ledger.consume(args, kwargs) if self._track_data else None
+        if drawn is not None:
+            self._consumed(it, drawn)
+        refeed = self.refeed
+        if refeed is not None:
+            if drawn is not None and drawn.replay and refeed.stage is Stage.HANDED_OUT:
+                refeed.start()
+            elif refeed.stage is not Stage.TRACING:
+                it.discard = True  # consumes another batch before the replayed one comes round
+            return
+        if self.recoverer.rollback_due:
+            self.recoverer.roll_back(self.step())
+        if not it.started:
+            it.started = True
+            if self.policy.recovers:
+                with torch.no_grad():
+                    it.buffers_before = [
+                        (b, b.detach().clone()) for _, b in self.naming.buffers(floating_only=False)
+                    ]
+            self.checks.buffers(it)
+        if self._replayable():
+            it.rng = RngState.capture()  # so that this micro-batch can be replayed exactly
+        it.first_module = id(module)
+
+    def _replayable(self) -> bool:
+        if self._step_fn is not None:
+            return True
+        again = self.diagnosis is None or self.policy.diagnoses_every_event
+        return self._track_data and self.policy.replays_in_loop and again
+
+    def forward_ended(self, module: nn.Module, output: Any) -> None:
+        it = self.log.current
+        if not torch.is_grad_enabled() or it.first_module != id(module) or self.refeed is not None:
+            return
+        if self.triage.replay_note(it, current=True) is not None:  # only where no replay could find the op
+            self.checks.output(it, output)
+
+    def backward_started(self, tensors: Any) -> None:
+        if self.triage.replaying or self.refeed is not None:
+            return
+        it = self.log.current
+        if not self.watched and not self.naming.models and self._discover:
+            self._found_models(find_roots(graph_parameters(tensors)))
+        if not it.in_micro_batch and self._track_data:  # no watched forward ran: consume at backward
+            drawn = self.ledger.consume((), {})
+            if drawn is not None:
+                self._consumed(it, drawn)
+        it.scaled = it.scaled or patches.is_scaled(tensors)
+        self.checks.loss(it, tensors)
+
+    def backward_ended(self, tensors: Any) -> None:
+        if self.triage.replaying:
+            return
+        it = self.log.current
+        it.in_micro_batch = False
+        it.backwards += 1
+        if self.refeed is not None or it.scaled:
+            return  # parked or replaying; a GradScaler's gradients are judged at the update
+        watched = self._live_watched()
+        for w in watched:
+            self.checks.gradients(it, 2 * w.index, w, w.params())
+        if not watched:  # no optimizer: one backward is one iteration
+            self.checks.gradients(it, -2, None, self._params_without_optimizer())
+            if self.refeed is None and not it.done:
+                self._finish(applied=True)
+
+    def clipped(self, kind: str, limit: float) -> None:
+        if math.isfinite(limit):  # HF Trainer calls clip_grad_norm_(params, inf) only to measure the norm
+            self.log.current.script_clip = self.script_clip = (kind, limit)
+
+    # ------------------------------------------------------------------ events: the update
+    def before_update(self, opt: torch.optim.Optimizer) -> None:
+        w, _ = self.track(opt)
+        it = self.log.current
+        if self.refeed is not None:
+            self._discard(w)
+            if self.refeed.stage is Stage.TRACING:
+                self._finish_refeed()  # may decide; what it decided is carried out below
+            if self.refeed is not None or it.discard:
+                return
+        self.reader.poll()
+        if it.discard or self.recoverer.rollback_due:
+            self._discard(w)
+            if self.recoverer.rollback_due:
+                self.recoverer.roll_back(self.step())
+            return
+        params = w.params()
+        if not w.checked:  # weights loaded after watch() but before training, e.g. a checkpoint
+            w.checked = True
+            named = [(self.checks.name(w.index, params, i), p) for i, p in enumerate(params)]
+            w.bad_before = tuple(nonfinite_names(named))
+            if w.bad_before:
+                self._trip(it, Trip("parameters", w.bad_before, watched=w))
+        if w.index == 0:
+            lr = opt.param_groups[0].get("lr") if opt.param_groups else None
+            it.lr = float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None
+        bad_hp = nonfinite_hyperparameters(opt.param_groups, w.index, host_only=True)
+        if bad_hp:
+            self._trip(
+                it, Trip("hyperparameters", tuple(h.name for h in bad_hp), hyperparameters=tuple(bad_hp))
+            )
+        fused_scaler = (
+            getattr(opt, "found_inf", None) is not None or getattr(opt, "grad_scale", None) is not None
+        )
+        if (it.scaled and not fused_scaler) or it.backwards == 0:
+            # unscaled by now (a GradScaler steps only on finite gradients), or no backward() was seen
+            self.checks.gradients(it, 2 * w.index, w, params)
+        if self.refeed is not None or it.discard:  # a check above tripped and the update must not run
+            self._discard(w)
+            return
+        self.recoverer.first_snapshot(self.step())
+        factor = self.recoverer.back_off(opt)
+        if w.index == 0 and it.lr is not None:
+            it.lr *= factor
+        limit = self.recoverer.clip(params, w.readings)
+        if limit is not None:
+            it.clip_threshold = limit
+
+    def _discard(self, w: WatchedOptimizer) -> None:
+        discard_update(w.params())
+        self._discarding.add(id(w.optimizer()))
+
+    def after_update(self, opt: torch.optim.Optimizer) -> None:
+        self.recoverer.restore_lr(opt)
+        w, _ = self.track(opt)
+        it = self.log.current
+        if id(opt) in self._discarding:
+            self._discarding.discard(id(opt))
+            if self.refeed is None and it.discard and not self._discarding:
+                with torch.no_grad():  # BatchNorm statistics the failing forward moved
+                    for buffer, saved in it.buffers_before:
+                        buffer.copy_(saved)
+                self._finish(applied=False)
+            return
+        self.checks.weights(it, w)
+        self.reader.commit()  # one device-to-host copy per step for everything this step submitted
+        before = self.step()
+        w.steps += 1
+        if self.step() > before:
+            self._finish(applied=True)
+
+    def update_skipped(self, opt: torch.optim.Optimizer) -> None:
+        """A GradScaler found Inf/NaN gradients and skipped ``step()``: not a failure; the scale backs off."""
+        if self.refeed is None:
+            self.log.scaler_skipped += 1
+            self._finish(applied=False, keep=False)
+
+    def _finish(self, *, applied: bool, keep: bool = True) -> None:
+        # the step index of the next iteration; with no optimizer it counts this iteration too
+        following = self.step() if self.watched else self.log.watched + 1
+        it = self.log.finish(following, applied=applied, keep=keep and applied)
+        if applied:
+            self.recoverer.iteration_done(self.step())
+        self._read(it)
+
+    # ------------------------------------------------------------------ values read
+    def _read(self, it: Iteration) -> None:
+        """A value of ``it`` was read (or it ended): once all are in, settle it."""
+        it.release()
+        if it.done and it.pending == 0 and not it.settled:
+            it.settled = True
+            if not it.failed:
+                self.recoverer.settled(it.step, it.grad_norm, it.clip_threshold)
+                self.early.update(it.step, it.mean_loss, it.grad_norm)
+
+    # ------------------------------------------------------------------ the slow path
+    def _trip(self, it: Iteration, trip: Trip) -> None:
+        if self.refeed is not None or it.failed:
+            return  # parked until its replay, or this iteration's failure is already handled
+        if self.diagnosis is not None and not self.policy.diagnoses_every_event:
+            self._detected(it.step, trip.where)
+            return
+        it.failed = True
+        replay = self.diagnosis is None or self.policy.diagnoses_every_event
+        obs = self.triage.observe(it, trip, current=it is self.log.current, replay=replay)
+        if replay and self.triage.can_refeed(it, obs):
+            self.refeed = self.triage.plan_refeed(it, obs)
+            return
+        self._conclude(obs, it)
+
+    def _finish_refeed(self) -> None:
+        refeed, self.refeed = self.refeed, None
+        assert refeed is not None
+        self._conclude(self.triage.finish_refeed(refeed), self.log.current)
+
+    def abandon_refeed(self) -> None:
+        """The loop ended before the failing batch came round again: conclude without the replay."""
+        refeed = self.refeed
+        if refeed is None:
+            return
+        if refeed.stage is Stage.TRACING:
+            self._finish_refeed()
+            return
+        self.refeed = None
+        refeed.stop()
+        note = "no replay: the training loop ended before the failing batch could be run again"
+        obs: Observation = refeed.observation
+        self._conclude(replace(obs, replay_note=note), self.log.current)
+
+    def _detected(self, step: int, where: Where) -> None:
+        """A later non-finite event: recorded once per step."""
+        assert self.diagnosis is not None
+        seen = (self.diagnosis.first.step, *(d.step for d in self.detections.items[-1:]))
+        if step not in seen:
+            self.detections.add(Detection(step, where))
+
+    def _conclude(self, obs: Observation, it: Iteration) -> None:
+        if obs.script_clip is None and (it.script_clip or self.script_clip):
+            obs = replace(
+                obs, script_clip=it.script_clip or self.script_clip
+            )  # clipping comes after backward
+        found = diagnose(obs)
+        first = self.diagnosis is None
+        if first:
+            self.diagnosis = found
+        else:
+            self._detected(obs.step, obs.trigger)
+        self.recoverer.failed()
+        applied = it.done or obs.trigger == "parameters" or found.cause.kind == "nonfinite_parameters"
+        snaps = self.recoverer.snapshots
+        decision = self.policy.decide(
+            Event(
+                diagnosis=found,
+                step=obs.step,
+                applied=applied,
+                consecutive=self.recoverer.consecutive,
+                failures=self.recoverer.failures,
+                steps=self.step(),
+                snapshot=snaps is not None and snaps.best() is not None,
+                first=first,
+            )
+        )
+        self._act(decision, found, obs.step, it, first)
+
+    def _act(self, decision: Decision, found: Diagnosis, step: int, it: Iteration, first: bool) -> None:
+        """The one place where a decision of the policy is carried out."""
+        rec = self.recoverer
+        if decision.quarantine:
+            self._quarantine(decision.quarantine, found, it, step)
+        if decision.action is Action.STOP:
+            if decision.reason:
+                rec.gave_up = decision.gave_up
+                rec.record(step, "give_up", decision.reason)
+            self.stopped = True
+            report = self.report()
+            if self._report_path:
+                report_json.write(report, self._report_path)
+            raise NonFiniteError(report)
+        if decision.action is Action.SKIP:
+            it.discard = True
+            rec.skipped += 1
+            why = f" ({decision.reason})" if decision.reason else ""
+            rec.record(step, "skip", f"{found.cause.kind}: the update was discarded{why}")
+        elif decision.action is Action.ROLLBACK:
+            it.discard = True
+            rec.rollback_due = True
+        if first or rec.failures % 10 == 0:
+            action = {Action.SKIP: "step skipped", Action.ROLLBACK: "rolling back"}.get(decision.action)
+            more = f" ({action}; {rec.failures} failed step(s) so far)" if action else ""
+            text = self.report().headline() if first else f"non-finite {found.first.where} at step {step}"
+            warnings.warn(text + more, NonFiniteWarning, stacklevel=user_stacklevel())
+
+    def _quarantine(self, samples: tuple[int, ...], found: Diagnosis, it: Iteration, step: int) -> None:
+        quarantine = self.recoverer.quarantine
+        datasets = [d.dataset for d in it.batches if d.dataset is not None]
+        if quarantine is None or not datasets:
+            return
+        reason = f"{found.cause.kind} at step {step}: {found.cause.summary}"[:300]
+        new = quarantine.add(datasets[-1], samples, reason, step)
+        if new:
+            where = f"; kept in {quarantine.path}" if quarantine.path else ""
+            self.recoverer.record(
+                step,
+                "quarantine",
+                f"samples {', '.join(map(str, new[:20]))} excluded from later batches ({found.cause.kind}){where}",
+                samples=list(new),
+                cause=found.cause.kind,
+            )
+
+    # ------------------------------------------------------------------ state and report
+    def _live_state(self) -> State:
+        """Parameters, buffers, optimizers, and the LR schedulers and GradScalers found at the first call."""
+        optimizers = [o for w in self.watched.values() if (o := w.optimizer()) is not None]
+        params = list({id(p): p for w in self._live_watched() for p in w.params()}.values())
+        buffers = [b for _, b in self.naming.buffers(floating_only=False)]
+        if self._state is None:
+            schedulers, scalers = find_schedulers_and_scalers(optimizers)
+            self._state = State(params, buffers, optimizers, schedulers, scalers)
+        else:
+            self._state.params, self._state.buffers, self._state.optimizers = params, buffers, optimizers
+        return self._state
+
+    def report(self) -> Report:
+        found = self.diagnosis
+        log, rec = self.log, self.recoverer
+        watched = log.watched + (
+            1 if found is not None and not log.current.done and log.current.failed else 0
+        )
+        return Report(
+            verdict="nonfinite" if found is not None else ("healthy" if watched else "unwatched"),
+            first_nonfinite=None if found is None else found.first,
+            cause=None if found is None else found.cause,
+            suggestions=() if found is None else found.suggestions,
+            history=log.history(),
+            environment=environment(self.naming.models.values()),
+            policy=self.policy.name,
+            steps=self.step(),
+            detections=tuple(self.detections.items),
+            detections_dropped=self.detections.dropped,
+            interventions=tuple(rec.interventions),
+            early_warnings=self.early.records(None if found is None else found.first.step),
+            outcome=rec.outcome(self.step(), log.seconds_lost, log.median_step_seconds()),
+            watched_steps=watched,
+            scaler_skipped_steps=log.scaler_skipped,
+            ending=self.ending,
+        )

@@ -1,0 +1,58 @@
+"""Shape j: no false witness. The model returns finite values of 6e37 for samples 40-45 (an exp output link on
+a large input); the squared error overflows to inf in the loss. The model's output was finite, so the phase is
+the loss, not the forward (a float32 sum of those six outputs, 3.6e38, would itself overflow and say the model
+returned Inf)."""
+
+import torch
+from _shapes import BATCH, classification, loader
+from torch import nn
+
+HUGE = (40, 41, 42, 43, 44, 45)
+EXPECT = {
+    "kind": "overflow",
+    "where": "loss",
+    "phase": "loss",
+    "step": 40 // BATCH,
+    "op": "pow",
+    "samples": list(HUGE),
+}
+EXPECT_WARN = {"kind": "undetermined", "op": None, "samples": None}  # no replay under warn
+
+
+class ExpLink(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 1)
+        with torch.no_grad():
+            self.fc.weight.fill_(1.0)
+            self.fc.bias.zero_()
+
+    def forward(self, x):
+        return torch.exp(self.fc(x))
+
+
+def faulty():
+    dataset = classification()
+    for i in HUGE:
+        dataset.tensors[0][i] = torch.full((4,), 21.75)  # exp(87) = 6.1e37: finite in float32
+    return dataset
+
+
+def setup(dataset=None):
+    dataset = dataset or faulty()
+    model = ExpLink()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
+
+    def train():
+        for x, y in loader(dataset):
+            target = y.float().unsqueeze(1)
+            loss = ((model(x) - target) ** 2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    return model, optimizer, train
+
+
+if __name__ == "__main__":
+    setup()[2]()
