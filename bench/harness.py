@@ -19,7 +19,8 @@ import torch
 from workloads import Workload
 
 import nanscope
-from nanscope.watching.watcher import Watcher
+from nanscope.watching.hooks import Hooks
+from nanscope.watching.watcher import Watcher, _Guarded
 
 Config = Callable[[Workload], AbstractContextManager[object]]
 
@@ -101,40 +102,40 @@ def compare(
     return out
 
 
+#: every way torch calls into nanscope: the guarded engine events (patches and hooks) and the hook functions
 _ENTRY_POINTS = (
-    "_on_batch",
-    "_on_forward_start",
-    "_on_output",
-    "_on_backward",
-    "_pre_hook",
-    "_post_hook",
-    "_refeed_batch",
-    "_on_optimizer_created",
+    (_Guarded, [n for n in vars(_Guarded) if not n.startswith("_")]),
+    (Hooks, ["pre_step", "post_step", "forward_pre", "forward_post"]),
 )
 
 
 @contextlib.contextmanager
 def _timed_entry_points(spent: list[float]) -> Iterator[None]:
-    """Wrap every method through which torch calls into the watcher with a timer (before it attaches)."""
-    originals = {name: getattr(Watcher, name) for name in _ENTRY_POINTS}
+    """Wrap every method through which torch calls into nanscope with a timer (before it attaches); only the
+    outermost of nested entries counts."""
+    originals = [(owner, name, getattr(owner, name)) for owner, names in _ENTRY_POINTS for name in names]
+    depth = [0]
 
     def timed(method: Callable[..., object]) -> Callable[..., object]:
-        def run(self: Watcher, *args: object, **kwargs: object) -> object:
+        def run(self: object, *args: object, **kwargs: object) -> object:
+            depth[0] += 1
             start = time.perf_counter()
             try:
                 return method(self, *args, **kwargs)
             finally:
-                spent[0] += time.perf_counter() - start
+                depth[0] -= 1
+                if depth[0] == 0:
+                    spent[0] += time.perf_counter() - start
 
         return run
 
     try:
-        for name, method in originals.items():
-            setattr(Watcher, name, timed(method))
+        for owner, name, method in originals:
+            setattr(owner, name, timed(method))
         yield
     finally:
-        for name, method in originals.items():
-            setattr(Watcher, name, method)
+        for owner, name, method in originals:
+            setattr(owner, name, method)
 
 
 def self_time(workload: Workload, config: str, steps: int, warmup: int, repeats: int) -> float:

@@ -191,9 +191,9 @@ def test_wrapped_optimizers_are_unwrapped():
     check(info.value.report, expected("read_ahead_dirty"))
 
 
-def test_a_run_with_nothing_to_watch_says_so(tmp_path):
-    script = tmp_path / "no_torch.py"
-    script.write_text("print('hello')\n")
+def _run_script(tmp_path: Path, text: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    script = tmp_path / "script.py"
+    script.write_text(text)
     out = tmp_path / "r.json"
     result = subprocess.run(
         [sys.executable, "-m", "nanscope", "run", "--json", str(out), str(script)],
@@ -201,6 +201,11 @@ def test_a_run_with_nothing_to_watch_says_so(tmp_path):
         text=True,
         timeout=120,
     )
+    return result, out
+
+
+def test_a_run_with_nothing_to_watch_says_so(tmp_path):
+    result, out = _run_script(tmp_path, "print('hello')\n")
     assert result.returncode == 0
     assert "nothing was watched" in result.stderr
     report = loads(out.read_text())
@@ -208,20 +213,13 @@ def test_a_run_with_nothing_to_watch_says_so(tmp_path):
 
 
 def test_a_script_that_raises_says_so_in_the_report(tmp_path):
-    script = tmp_path / "raises.py"
-    script.write_text(
+    result, out = _run_script(
+        tmp_path,
         "import torch\n"
         "m = torch.nn.Linear(2, 1); opt = torch.optim.SGD(m.parameters(), lr=0.1)\n"
         "for i in range(3):\n"
         "    opt.zero_grad(); m(torch.ones(1, 2)).sum().backward(); opt.step()\n"
-        "raise ValueError('bad config')\n"
-    )
-    out = tmp_path / "r.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "nanscope", "run", "--json", str(out), str(script)],
-        capture_output=True,
-        text=True,
-        timeout=120,
+        "raise ValueError('bad config')\n",
     )
     assert result.returncode == 1
     assert "ValueError: bad config" in result.stderr
@@ -246,3 +244,39 @@ def test_no_false_witness_when_a_finite_output_would_overflow_a_float32_sum():
     assert [e.detail for e in report.cause.evidence if e.label == "model output"] == [
         "every tensor the model returned was finite"
     ]
+
+
+def test_a_closed_watcher_refuses_reuse():
+    model, optimizer, _ = load("read_ahead_dirty").setup()
+    watcher = nanscope.watch(model, optimizer)
+    watcher.close()
+    assert watcher.state is nanscope.WatcherState.CLOSED
+    with pytest.raises(nanscope.UsageError, match="cannot be reopened"), watcher:
+        pass
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_reports_are_written_with_the_users_umask(tmp_path, umask):
+    import os
+
+    model, optimizer, train = load("read_ahead_dirty").setup()
+    path = tmp_path / "r.json"
+    old = os.umask(umask)
+    try:
+        with pytest.raises(nanscope.NonFiniteError), nanscope.watch(model, optimizer, report_path=str(path)):
+            train()
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_zero_code_names_ignore_weak_proxies_to_the_model():
+    import weakref
+
+    shape = load("clipping_sqrt")
+    model, optimizer, train = shape.setup()
+    holder = [weakref.proxy(model)]  # as Lightning keeps some: a proxy claims to be an nn.Module
+    with pytest.raises(nanscope.NonFiniteError) as info, nanscope.watch(None, None):
+        train()
+    assert list(info.value.report.first_nonfinite.names) == shape.EXPECT["names"]
+    del holder

@@ -1,5 +1,7 @@
 """Shape b: the loop reads one batch ahead of use (accelerate's DataLoaderShard), and a validation loader runs
-between training steps. Sample 42 holds a NaN; the batch holding it is consumed at step 42 // 8 = 5."""
+between training steps. Sample 42 holds a NaN; the batch holding it is consumed at step 42 // 8 = 5. The
+model normalizes its input with BatchNorm, whose running statistics the NaN batch corrupts in forward: a
+skipped step must put them back."""
 
 import torch
 from _shapes import BATCH, classification, linear, loader
@@ -27,7 +29,7 @@ def faulty():
 def setup(dataset=None):
     dataset = dataset or faulty()
     validation = loader(classification())
-    model = linear()
+    model = nn.Sequential(nn.BatchNorm1d(4), linear())
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     loss_fn = nn.CrossEntropyLoss()
 
@@ -38,10 +40,12 @@ def setup(dataset=None):
             loss.backward()
             optimizer.step()
             if step % 2 == 1:
+                model.eval()
                 with torch.no_grad():
                     for vx, vy in validation:
                         loss_fn(model(vx), vy)
                         break
+                model.train()
 
     return model, optimizer, train
 

@@ -30,7 +30,7 @@ from nanscope.recover.quarantine import Quarantine
 from nanscope.recover.snapshot import Snapshots, State
 from nanscope.report.model import Intervention, Outcome
 
-__all__ = ["Recoverer", "discard_update", "find_schedulers_and_scalers"]
+__all__ = ["LiveState", "Recoverer", "discard_update", "find_schedulers_and_scalers"]
 
 _MAX_RECORDS = 100
 
@@ -76,6 +76,36 @@ class Recoverer:
     def failed(self) -> None:
         self.failures += 1
         self.consecutive += 1
+
+    def skip(self, step: int, kind: str, reason: str) -> None:
+        """The failing step's update is discarded (the engine does it at the update)."""
+        self.skipped += 1
+        why = f" ({reason})" if reason else ""
+        self.record(step, "skip", f"{kind}: the update was discarded{why}")
+
+    def schedule_rollback(self) -> None:
+        """Roll back at the next safe point (the next update or training forward)."""
+        self.rollback_due = True
+
+    def give_up(self, step: int, reason: str, *, gave_up: bool) -> None:
+        self.gave_up = gave_up
+        self.record(step, "give_up", reason)
+
+    def quarantine_samples(
+        self, dataset: Any, samples: tuple[int, ...], reason: str, step: int, kind: str
+    ) -> None:
+        if self.quarantine is None:
+            return
+        new = self.quarantine.add(dataset, samples, reason, step)
+        if new:
+            where = f"; kept in {self.quarantine.path}" if self.quarantine.path else ""
+            self.record(
+                step,
+                "quarantine",
+                f"samples {', '.join(map(str, new[:20]))} excluded from later batches ({kind}){where}",
+                samples=list(new),
+                cause=kind,
+            )
 
     def outcome(self, steps: int, seconds_lost: float, median_step: float) -> Outcome | None:
         if not (self._policy.acts or self.quarantine):
@@ -200,6 +230,27 @@ class Recoverer:
     def close(self) -> None:
         if self.snapshots is not None:
             self.snapshots.close()
+
+
+class LiveState:
+    """The live objects of the run for snapshots: parameters, buffers and optimizers as they are now, and the
+    LR schedulers and GradScalers driving them (found once, by one heap scan, at the first snapshot)."""
+
+    def __init__(self) -> None:
+        self._state: State | None = None
+
+    def update(
+        self,
+        params: Sequence[torch.Tensor],
+        buffers: Sequence[torch.Tensor],
+        optimizers: Sequence[torch.optim.Optimizer],
+    ) -> State:
+        if self._state is None:
+            schedulers, scalers = find_schedulers_and_scalers(optimizers)
+            self._state = State(params, buffers, optimizers, schedulers, scalers)
+        else:
+            self._state.params, self._state.buffers, self._state.optimizers = params, buffers, optimizers
+        return self._state
 
 
 def find_schedulers_and_scalers(optimizers: Sequence[torch.optim.Optimizer]) -> tuple[list[Any], list[Any]]:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from nanscope._tree import iter_tensors
-from nanscope.detect.scan import BadHyperparameter, nonfinite_names
+from nanscope.detect.scan import BadHyperparameter, nonfinite_hyperparameters, nonfinite_names
 from nanscope.report.model import Where
 from nanscope.watching.discovery import Naming
 from nanscope.watching.probes import Prober, Reading
@@ -154,6 +154,24 @@ class StepChecks:
             for position, norm in reading.l2_norms(vals):
                 out[self._naming.param(params[position], f"params[{position}]")] = norm
         return out
+
+    # ------------------------------------------------------------------ before the update
+    def before_update(self, it: Iteration, watched: WatchedOptimizer, opt: torch.optim.Optimizer) -> None:
+        """Host-side checks before the update: the weights once before the first update (a checkpoint
+        loaded after ``watch()``), the learning rate for the history, every number of every param group."""
+        if not watched.checked:
+            watched.checked = True
+            params = watched.params()
+            named = [(self.name(watched.index, params, i), p) for i, p in enumerate(params)]
+            watched.bad_before = tuple(nonfinite_names(named))
+            if watched.bad_before:
+                self._on_trip(it, Trip("parameters", watched.bad_before, watched=watched))
+        if watched.index == 0:
+            lr = opt.param_groups[0].get("lr") if opt.param_groups else None
+            it.lr = float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None
+        bad = nonfinite_hyperparameters(opt.param_groups, watched.index, host_only=True)
+        if bad:
+            self._on_trip(it, Trip("hyperparameters", tuple(h.name for h in bad), hyperparameters=tuple(bad)))
 
     # ------------------------------------------------------------------ weights and buffers
     def weights(self, it: Iteration, watched: WatchedOptimizer) -> None:

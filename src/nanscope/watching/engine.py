@@ -15,37 +15,32 @@ accumulation); the update is discarded at ``before_update``; weights are judged 
 from __future__ import annotations
 
 import math
-import warnings
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from nanscope.detect.diagnose import Diagnosis, Observation, diagnose
-from nanscope.detect.scan import nonfinite_hyperparameters, nonfinite_names
-from nanscope.errors import NonFiniteError, NonFiniteWarning
+from nanscope.detect.diagnose import Diagnosis
 from nanscope.localize.refeed import Refeed, Stage
 from nanscope.localize.replay import RngState
-from nanscope.recover.actions import Recoverer, discard_update, find_schedulers_and_scalers
-from nanscope.recover.policy import Action, Decision, Event, Policy
+from nanscope.recover.actions import LiveState, Recoverer, discard_update
+from nanscope.recover.policy import Policy
 from nanscope.recover.snapshot import State
-from nanscope.report import json as report_json
-from nanscope.report.model import Detection, Ending, Report, Where
+from nanscope.report.model import Report
 from nanscope.watching import patches
 from nanscope.watching.batches import Drawn, Ledger
 from nanscope.watching.checks import StepChecks, Trip
 from nanscope.watching.discovery import Naming, find_roots, graph_parameters
 from nanscope.watching.early_warning import EarlyWarnings
-from nanscope.watching.environment import environment
 from nanscope.watching.events import MISSING
 from nanscope.watching.reader import DeviceReader
-from nanscope.watching.run_log import Capped, RunLog
-from nanscope.watching.stack import user_stacklevel
+from nanscope.watching.reporting import build_report
+from nanscope.watching.run_log import RunLog
 from nanscope.watching.state import Iteration, WatchedOptimizer
 from nanscope.watching.triage import Triage
+from nanscope.watching.verdicts import Verdicts
 
 __all__ = ["Engine"]
 
@@ -92,15 +87,18 @@ class Engine:
         )
         self.recoverer = Recoverer(policy, quarantine, self._live_state)
         self.early = EarlyWarnings(lambda: [self.checks.named_norms(e) for e in self.checks.layer_norms])
-        self.refeed: Refeed | None = None
-        self.diagnosis: Diagnosis | None = None
-        self.detections: Capped[Detection] = Capped()
-        self.stopped = False
-        self.ending: Ending | None = None
+        self.verdicts = Verdicts(
+            policy=policy,
+            log=self.log,
+            triage=self.triage,
+            recoverer=self.recoverer,
+            step=self.step,
+            report=self.report,
+            report_path=report_path,
+        )
         self._discarding: set[int] = set()  # optimizers whose coming update is discarded
-        self._state: State | None = None
+        self._state = LiveState()
         self._model_params: list[torch.Tensor] | None = None
-        self.script_clip: tuple[str, float] | None = None  # the script's own clipping, as last seen
 
     # ------------------------------------------------------------------ registry
     def track(self, opt: torch.optim.Optimizer) -> tuple[WatchedOptimizer, bool]:
@@ -247,7 +245,7 @@ class Engine:
 
     def clipped(self, kind: str, limit: float) -> None:
         if math.isfinite(limit):  # HF Trainer calls clip_grad_norm_(params, inf) only to measure the norm
-            self.log.current.script_clip = self.script_clip = (kind, limit)
+            self.verdicts.clipped(self.log.current, kind, limit)
 
     # ------------------------------------------------------------------ events: the update
     def before_update(self, opt: torch.optim.Optimizer) -> None:
@@ -266,20 +264,7 @@ class Engine:
                 self.recoverer.roll_back(self.step())
             return
         params = w.params()
-        if not w.checked:  # weights loaded after watch() but before training, e.g. a checkpoint
-            w.checked = True
-            named = [(self.checks.name(w.index, params, i), p) for i, p in enumerate(params)]
-            w.bad_before = tuple(nonfinite_names(named))
-            if w.bad_before:
-                self._trip(it, Trip("parameters", w.bad_before, watched=w))
-        if w.index == 0:
-            lr = opt.param_groups[0].get("lr") if opt.param_groups else None
-            it.lr = float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None
-        bad_hp = nonfinite_hyperparameters(opt.param_groups, w.index, host_only=True)
-        if bad_hp:
-            self._trip(
-                it, Trip("hyperparameters", tuple(h.name for h in bad_hp), hyperparameters=tuple(bad_hp))
-            )
+        self.checks.before_update(it, w, opt)
         fused_scaler = (
             getattr(opt, "found_inf", None) is not None or getattr(opt, "grad_scale", None) is not None
         )
@@ -323,13 +308,12 @@ class Engine:
     def update_skipped(self, opt: torch.optim.Optimizer) -> None:
         """A GradScaler found Inf/NaN gradients and skipped ``step()``: not a failure; the scale backs off."""
         if self.refeed is None:
-            self.log.scaler_skipped += 1
-            self._finish(applied=False, keep=False)
+            self._finish(applied=False, keep=False, scaler_skipped=True)
 
-    def _finish(self, *, applied: bool, keep: bool = True) -> None:
+    def _finish(self, *, applied: bool, keep: bool = True, scaler_skipped: bool = False) -> None:
         # the step index of the next iteration; with no optimizer it counts this iteration too
         following = self.step() if self.watched else self.log.watched + 1
-        it = self.log.finish(following, applied=applied, keep=keep and applied)
+        it = self.log.finish(following, applied=applied, keep=keep and applied, scaler_skipped=scaler_skipped)
         if applied:
             self.recoverer.iteration_done(self.step())
         self._read(it)
@@ -345,153 +329,35 @@ class Engine:
                 self.early.update(it.step, it.mean_loss, it.grad_norm)
 
     # ------------------------------------------------------------------ the slow path
+    @property
+    def refeed(self) -> Refeed | None:
+        return self.verdicts.refeed
+
+    @property
+    def diagnosis(self) -> Diagnosis | None:
+        return self.verdicts.diagnosis
+
     def _trip(self, it: Iteration, trip: Trip) -> None:
-        if self.refeed is not None or it.failed:
-            return  # parked until its replay, or this iteration's failure is already handled
-        if self.diagnosis is not None and not self.policy.diagnoses_every_event:
-            self._detected(it.step, trip.where)
-            return
-        it.failed = True
-        replay = self.diagnosis is None or self.policy.diagnoses_every_event
-        obs = self.triage.observe(it, trip, current=it is self.log.current, replay=replay)
-        if replay and self.triage.can_refeed(it, obs):
-            self.refeed = self.triage.plan_refeed(it, obs)
-            return
-        self._conclude(obs, it)
+        self.verdicts.trip(it, trip)
 
     def _finish_refeed(self) -> None:
-        refeed, self.refeed = self.refeed, None
-        assert refeed is not None
-        self._conclude(self.triage.finish_refeed(refeed), self.log.current)
-
-    def abandon_refeed(self) -> None:
-        """The loop ended before the failing batch came round again: conclude without the replay."""
-        refeed = self.refeed
-        if refeed is None:
-            return
-        if refeed.stage is Stage.TRACING:
-            self._finish_refeed()
-            return
-        self.refeed = None
-        refeed.stop()
-        note = "no replay: the training loop ended before the failing batch could be run again"
-        obs: Observation = refeed.observation
-        self._conclude(replace(obs, replay_note=note), self.log.current)
-
-    def _detected(self, step: int, where: Where) -> None:
-        """A later non-finite event: recorded once per step."""
-        assert self.diagnosis is not None
-        seen = (self.diagnosis.first.step, *(d.step for d in self.detections.items[-1:]))
-        if step not in seen:
-            self.detections.add(Detection(step, where))
-
-    def _conclude(self, obs: Observation, it: Iteration) -> None:
-        if obs.script_clip is None and (it.script_clip or self.script_clip):
-            obs = replace(
-                obs, script_clip=it.script_clip or self.script_clip
-            )  # clipping comes after backward
-        found = diagnose(obs)
-        first = self.diagnosis is None
-        if first:
-            self.diagnosis = found
-        else:
-            self._detected(obs.step, obs.trigger)
-        self.recoverer.failed()
-        applied = it.done or obs.trigger == "parameters" or found.cause.kind == "nonfinite_parameters"
-        snaps = self.recoverer.snapshots
-        decision = self.policy.decide(
-            Event(
-                diagnosis=found,
-                step=obs.step,
-                applied=applied,
-                consecutive=self.recoverer.consecutive,
-                failures=self.recoverer.failures,
-                steps=self.step(),
-                snapshot=snaps is not None and snaps.best() is not None,
-                first=first,
-            )
-        )
-        self._act(decision, found, obs.step, it, first)
-
-    def _act(self, decision: Decision, found: Diagnosis, step: int, it: Iteration, first: bool) -> None:
-        """The one place where a decision of the policy is carried out."""
-        rec = self.recoverer
-        if decision.quarantine:
-            self._quarantine(decision.quarantine, found, it, step)
-        if decision.action is Action.STOP:
-            if decision.reason:
-                rec.gave_up = decision.gave_up
-                rec.record(step, "give_up", decision.reason)
-            self.stopped = True
-            report = self.report()
-            if self._report_path:
-                report_json.write(report, self._report_path)
-            raise NonFiniteError(report)
-        if decision.action is Action.SKIP:
-            it.discard = True
-            rec.skipped += 1
-            why = f" ({decision.reason})" if decision.reason else ""
-            rec.record(step, "skip", f"{found.cause.kind}: the update was discarded{why}")
-        elif decision.action is Action.ROLLBACK:
-            it.discard = True
-            rec.rollback_due = True
-        if first or rec.failures % 10 == 0:
-            action = {Action.SKIP: "step skipped", Action.ROLLBACK: "rolling back"}.get(decision.action)
-            more = f" ({action}; {rec.failures} failed step(s) so far)" if action else ""
-            text = self.report().headline() if first else f"non-finite {found.first.where} at step {step}"
-            warnings.warn(text + more, NonFiniteWarning, stacklevel=user_stacklevel())
-
-    def _quarantine(self, samples: tuple[int, ...], found: Diagnosis, it: Iteration, step: int) -> None:
-        quarantine = self.recoverer.quarantine
-        datasets = [d.dataset for d in it.batches if d.dataset is not None]
-        if quarantine is None or not datasets:
-            return
-        reason = f"{found.cause.kind} at step {step}: {found.cause.summary}"[:300]
-        new = quarantine.add(datasets[-1], samples, reason, step)
-        if new:
-            where = f"; kept in {quarantine.path}" if quarantine.path else ""
-            self.recoverer.record(
-                step,
-                "quarantine",
-                f"samples {', '.join(map(str, new[:20]))} excluded from later batches ({found.cause.kind}){where}",
-                samples=list(new),
-                cause=found.cause.kind,
-            )
+        self.verdicts.finish_refeed()
 
     # ------------------------------------------------------------------ state and report
     def _live_state(self) -> State:
-        """Parameters, buffers, optimizers, and the LR schedulers and GradScalers found at the first call."""
-        optimizers = [o for w in self.watched.values() if (o := w.optimizer()) is not None]
+        """What a snapshot copies and a rollback writes back into."""
         params = list({id(p): p for w in self._live_watched() for p in w.params()}.values())
+        optimizers = [o for w in self._live_watched() if (o := w.optimizer()) is not None]
         buffers = [b for _, b in self.naming.buffers(floating_only=False)]
-        if self._state is None:
-            schedulers, scalers = find_schedulers_and_scalers(optimizers)
-            self._state = State(params, buffers, optimizers, schedulers, scalers)
-        else:
-            self._state.params, self._state.buffers, self._state.optimizers = params, buffers, optimizers
-        return self._state
+        return self._state.update(params, buffers, optimizers)
 
     def report(self) -> Report:
-        found = self.diagnosis
-        log, rec = self.log, self.recoverer
-        watched = log.watched + (
-            1 if found is not None and not log.current.done and log.current.failed else 0
-        )
-        return Report(
-            verdict="nonfinite" if found is not None else ("healthy" if watched else "unwatched"),
-            first_nonfinite=None if found is None else found.first,
-            cause=None if found is None else found.cause,
-            suggestions=() if found is None else found.suggestions,
-            history=log.history(),
-            environment=environment(self.naming.models.values()),
-            policy=self.policy.name,
+        return build_report(
+            verdicts=self.verdicts,
+            log=self.log,
+            recoverer=self.recoverer,
+            early=self.early,
+            models=self.naming.models.values(),
+            policy=self.policy,
             steps=self.step(),
-            detections=tuple(self.detections.items),
-            detections_dropped=self.detections.dropped,
-            interventions=tuple(rec.interventions),
-            early_warnings=self.early.records(None if found is None else found.first.step),
-            outcome=rec.outcome(self.step(), log.seconds_lost, log.median_step_seconds()),
-            watched_steps=watched,
-            scaler_skipped_steps=log.scaler_skipped,
-            ending=self.ending,
         )

@@ -45,8 +45,11 @@ class RunLog:
         self._durations: deque[float] = deque(maxlen=64)  # wall time of the last applied iterations
         self.seconds_lost = 0.0  # wall time of discarded iterations
 
-    def finish(self, step: int, *, applied: bool, keep: bool = True) -> Iteration:
+    def finish(
+        self, step: int, *, applied: bool, keep: bool = True, scaler_skipped: bool = False
+    ) -> Iteration:
         """End the current iteration; the next starts at ``step``. Returns the finished one."""
+        self.scaler_skipped += scaler_skipped
         it, self.current = self.current, Iteration(step=step)
         it.done = True
         self.watched += 1

@@ -22,40 +22,24 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
 from nanscope.errors import InternalErrorWarning, NonFiniteError, UsageError
 from nanscope.recover.policy import Policy, make_policy
 from nanscope.report import json as report_json
-from nanscope.report.model import Ending, Report
+from nanscope.report.model import Report
 from nanscope.watching import patches
 from nanscope.watching.discovery import normalize_models
 from nanscope.watching.engine import Engine
 from nanscope.watching.events import MISSING
+from nanscope.watching.hooks import Hooks, unwrap_optimizer
 
-__all__ = ["Watcher", "WatcherState", "unwrap_optimizer", "watch"]
-
-_HOOK_DEPTH = 2  # forward hooks on the model and its submodules this deep (loops that call self.body(x))
+__all__ = ["Watcher", "WatcherState", "watch"]
 
 
 class WatcherState(enum.Enum):
     OPEN = "open"
     BROKEN = "broken"  # open, but stopped watching after an internal error
     CLOSED = "closed"
-
-
-def unwrap_optimizer(opt: Any) -> Any:
-    """The torch optimizer inside framework wrappers (accelerate's ``AcceleratedOptimizer``, Lightning's
-    ``LightningOptimizer``)."""
-    for _ in range(4):
-        inner = getattr(opt, "optimizer", None)
-        if not isinstance(inner, torch.optim.Optimizer):
-            inner = getattr(opt, "_optimizer", None)
-        if isinstance(inner, torch.optim.Optimizer) and inner is not opt:
-            opt = inner
-            continue
-        break
-    return opt
 
 
 def _optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
@@ -175,10 +159,9 @@ class Watcher:
         self._state = WatcherState.OPEN
         self._discover = optimizer is None
         self._report_path = report_path
-        self._handles: list[RemovableHandle] = []
-        self._hooked: set[int] = set()
         self._final: Report | None = None
         self._events = _Guarded(self)
+        self._hooks = Hooks(self._events, self._live)
         self._engine = Engine(
             models=models,
             policy=chosen,
@@ -189,21 +172,16 @@ class Watcher:
             step_fn=step_fn,
             quarantine=quarantine,
             discover=self._discover,
-            on_new_models=self._hook_models,
+            on_new_models=self._hooks.models,
         )
         patches.activate(self._events)
         try:
-            self._hook_models(list(models.values()))
+            self._hooks.models(list(models.values()))
             for opt in optimizers:
-                self._attach_optimizer(opt)
+                if self._engine.track(opt)[1]:
+                    self._hooks.optimizer(opt)
             if self._discover:
-                from torch.optim.optimizer import (
-                    register_optimizer_step_post_hook,
-                    register_optimizer_step_pre_hook,
-                )
-
-                self._handles.append(register_optimizer_step_pre_hook(self._pre_hook))
-                self._handles.append(register_optimizer_step_post_hook(self._post_hook))
+                self._hooks.every_optimizer()
         except BaseException:
             self._detach()
             raise
@@ -232,21 +210,11 @@ class Watcher:
     @property
     def stopped(self) -> bool:
         """True once the ``stop`` policy raised :class:`NonFiniteError` (even if the script caught it)."""
-        return self._engine.stopped
+        return self._engine.verdicts.stopped
 
     def ended_by(self, exc: BaseException) -> None:
         """Record that the run ended in the script's own exception (or an interrupt) for the report."""
-        engine = self._engine
-        if engine.ending is not None or isinstance(exc, NonFiniteError):
-            return
-        interrupted = isinstance(exc, KeyboardInterrupt)
-        engine.ending = Ending(
-            kind="interrupted" if interrupted else "exception",
-            exception=type(exc).__name__,
-            message=str(exc),
-            step=engine.step(),
-            nonfinite_seen=engine.diagnosis is not None,
-        )
+        self._engine.verdicts.ended_by(exc)
 
     def close(self) -> Report:
         """Detach everything, read any pending device values, and return the final report."""
@@ -256,7 +224,7 @@ class Watcher:
         try:
             if self._state is WatcherState.OPEN:
                 with contextlib.suppress(NonFiniteError):  # closing reports; it does not raise for the policy
-                    engine.abandon_refeed()
+                    engine.verdicts.abandon_refeed()
                 self._guard(engine.reader.flush)
         finally:
             self._detach()
@@ -268,9 +236,7 @@ class Watcher:
         return self._final
 
     def _detach(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self._hooks.remove()
         patches.deactivate(self._events)
 
     def _live(self) -> bool:
@@ -311,61 +277,6 @@ class Watcher:
     def report(self) -> Report:
         """The report as of now (healthy so far, or the diagnosis of the first non-finite value)."""
         return self._final if self._final is not None else self._engine.report()
-
-    # ---------------------------------------------------------------- producers: hooks
-    def _hook_models(self, models: list[nn.Module]) -> None:
-        for model in models:
-            for module in _shallow_modules(model, _HOOK_DEPTH):
-                if id(module) not in self._hooked:
-                    self._hooked.add(id(module))
-                    self._handles.append(
-                        module.register_forward_pre_hook(self._forward_pre, with_kwargs=True)
-                    )
-                    self._handles.append(module.register_forward_hook(self._forward_post))
-
-    def _attach_optimizer(self, opt: torch.optim.Optimizer) -> None:
-        _, new = self._engine.track(opt)
-        if new:
-            self._handles.append(opt.register_step_pre_hook(self._pre_hook))
-            self._handles.append(opt.register_step_post_hook(self._post_hook))
-
-    def _forward_pre(self, module: nn.Module, args: Any, kwargs: Any) -> None:
-        self._events.forward_started(module, args, kwargs)
-
-    def _forward_post(self, module: nn.Module, args: Any, output: Any) -> None:
-        self._events.forward_ended(module, output)
-
-    def _pre_hook(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
-        """Before ``step()``. Under ``step(closure)`` forward and backward run inside ``step``: the closure is
-        wrapped, so the update is judged after it returns (before the optimizer applies anything)."""
-        if not self._live():
-            return None
-        # torch hands the pre-hook step's own args, the optimizer first: (opt, closure?, ...)
-        if callable(kwargs.get("closure")):
-            return args, {**kwargs, "closure": self._wrap(opt, kwargs["closure"])}
-        if len(args) > 1 and callable(args[1]):
-            return (args[0], self._wrap(opt, args[1]), *args[2:]), kwargs
-        self._events.before_update(opt)
-        return None
-
-    def _wrap(self, opt: torch.optim.Optimizer, closure: Callable[[], Any]) -> Callable[[], Any]:
-        def closure_then_check() -> Any:
-            loss = closure()
-            self._events.before_update(opt)
-            return loss
-
-        return closure_then_check
-
-    def _post_hook(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        self._events.after_update(opt)
-
-
-def _shallow_modules(model: nn.Module, depth: int) -> list[nn.Module]:
-    out, level = [model], [model]
-    for _ in range(depth):
-        level = [child for m in level for child in m.children()]
-        out += level
-    return out
 
 
 def watch(
