@@ -61,6 +61,7 @@ class Engine:
         quarantine: str | None,
         discover: bool,
         on_new_models: Callable[[list[nn.Module]], None],
+        on_unseen_forward: Callable[[], None],
     ) -> None:
         self.policy = policy
         self._report_path = report_path
@@ -68,6 +69,7 @@ class Engine:
         self._step_fn = step_fn
         self._discover = discover
         self._on_new_models = on_new_models
+        self._on_unseen_forward = on_unseen_forward
         self.naming = Naming()
         self.naming.set_models(models)
         # skipping needs each step's verdict before its update: read at once (a sync per step on CUDA)
@@ -220,8 +222,9 @@ class Engine:
         it = self.log.current
         if not self.watched and not self.naming.models and self._discover:
             self._found_models(find_roots(graph_parameters(tensors)))
-        if not it.in_micro_batch and self._track_data:  # no watched forward ran: consume at backward
-            drawn = self.ledger.consume((), {})
+        if not it.in_micro_batch:  # no watched forward ran: the loop calls submodules; consume at backward
+            self._on_unseen_forward()
+            drawn = self.ledger.consume((), {}) if self._track_data else None
             if drawn is not None:
                 self._consumed(it, drawn)
         it.scaled = it.scaled or patches.is_scaled(tensors)

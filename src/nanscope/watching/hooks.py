@@ -1,7 +1,9 @@
 """The hook producer: module forward hooks and optimizer step hooks, turned into engine events.
 
-* Forward hooks go on each watched model and its submodules two levels deep, so a loop that calls
-  ``self.body(x)`` (a LightningModule's ``training_step``) or runs several forwards per batch is seen.
+* Forward hooks go on each watched model. When a micro-batch reaches ``backward()`` without any watched
+  forward (a loop that calls ``self.body(x)``, as a LightningModule's ``training_step`` does), the engine asks
+  for more (:meth:`Hooks.deepen`): the models' submodules two levels deep are hooked from then on. So the
+  common loop pays two hook calls per forward, not two per submodule.
 * Under ``optimizer.step(closure)`` (Lightning's automatic optimization, LBFGS) forward and backward run
   *inside* ``step``, after its pre-hook: the pre-hook wraps the closure, so ``before_update`` comes after the
   closure returns and before the optimizer applies anything. Without a closure the pre-hook sends it.
@@ -44,14 +46,28 @@ class Hooks:
         self._live = live
         self._handles: list[RemovableHandle] = []
         self._hooked: set[int] = set()
+        self._models: list[nn.Module] = []
+        self._depth = 0  # submodule levels hooked (see deepen)
 
     def models(self, models: list[nn.Module]) -> None:
+        self._models += models
         for model in models:
-            for module in _shallow_modules(model, _DEPTH):
-                if id(module) not in self._hooked:
-                    self._hooked.add(id(module))
-                    self._handles.append(module.register_forward_pre_hook(self.forward_pre, with_kwargs=True))
-                    self._handles.append(module.register_forward_hook(self.forward_post))
+            for module in _shallow_modules(model, self._depth):
+                self._hook(module)
+
+    def deepen(self) -> None:
+        """Hook the models' submodules too (the loop calls them, not the models)."""
+        if self._depth < _DEPTH:
+            self._depth = _DEPTH
+            for model in self._models:
+                for module in _shallow_modules(model, self._depth):
+                    self._hook(module)
+
+    def _hook(self, module: nn.Module) -> None:
+        if id(module) not in self._hooked:
+            self._hooked.add(id(module))
+            self._handles.append(module.register_forward_pre_hook(self.forward_pre, with_kwargs=True))
+            self._handles.append(module.register_forward_hook(self.forward_post))
 
     def optimizer(self, opt: torch.optim.Optimizer) -> None:
         self._handles.append(opt.register_step_pre_hook(self.pre_step))

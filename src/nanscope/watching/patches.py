@@ -34,7 +34,9 @@ __all__ = ["activate", "active", "deactivate", "installed", "is_scaled"]
 _lock = threading.RLock()
 _listeners: list[Events] = []
 _originals: dict[tuple[Any, str], Any] = {}
-_scaled: weakref.WeakSet[torch.Tensor] = weakref.WeakSet()  # outputs of an enabled GradScaler.scale()
+# outputs of an enabled GradScaler.scale(), by id (a WeakSet would compare tensors with ==: a device sync,
+# and NaN != NaN); an entry is dropped when its tensor dies
+_scaled: dict[int, weakref.ref[torch.Tensor]] = {}
 
 
 def active() -> tuple[Events, ...]:
@@ -49,7 +51,9 @@ def installed() -> list[str]:
 def is_scaled(tensors: Any) -> bool:
     """Whether a tensor handed to ``backward()`` came out of an enabled ``GradScaler.scale()``."""
     items = [tensors] if isinstance(tensors, torch.Tensor) else list(tensors or ())
-    return any(isinstance(t, torch.Tensor) and t in _scaled for t in items)
+    return any(
+        isinstance(t, torch.Tensor) and (r := _scaled.get(id(t))) is not None and r() is t for t in items
+    )
 
 
 def _patched_backward(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -91,12 +95,15 @@ def _patched_scale(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def scale(self: Any, outputs: Any) -> Any:
         result = original(self, outputs)
-        if getattr(self, "_enabled", False):
-            for t in [result] if isinstance(result, torch.Tensor) else []:
-                _scaled.add(t)
+        if getattr(self, "_enabled", False) and isinstance(result, torch.Tensor):
+            _scaled[id(result)] = weakref.ref(result, functools.partial(_forget, id(result)))
         return result
 
     return scale
+
+
+def _forget(key: int, _: object) -> None:
+    _scaled.pop(key, None)
 
 
 def _patched_scaler_step(original: Callable[..., Any]) -> Callable[..., Any]:

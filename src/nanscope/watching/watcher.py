@@ -173,6 +173,7 @@ class Watcher:
             quarantine=quarantine,
             discover=self._discover,
             on_new_models=self._hooks.models,
+            on_unseen_forward=self._hooks.deepen,
         )
         patches.activate(self._events)
         try:
