@@ -280,3 +280,13 @@ def test_zero_code_names_ignore_weak_proxies_to_the_model():
         train()
     assert list(info.value.report.first_nonfinite.names) == shape.EXPECT["names"]
     del holder
+
+
+def test_own_batches_name_their_samples_through_observe_batch():
+    shape = load("own_batches_sqrt")
+    watchers: list[nanscope.Watcher] = []
+    model, optimizer, train = shape.setup(observe=lambda batch, rows: watchers[0].observe_batch(batch, rows))
+    with pytest.raises(nanscope.NonFiniteError) as info, nanscope.watch(model, optimizer) as watcher:
+        watchers.append(watcher)
+        train()
+    check(info.value.report, {**shape.EXPECT, "samples": [shape.CONSTANT]})

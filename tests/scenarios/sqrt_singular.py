@@ -19,7 +19,10 @@ class StatsPool(nn.Module):
         return self.head(torch.cat([mean, std], 1))
 
 
-EXPECT = {"kind": "undetermined", "where": "gradients", "phase": "backward", "step": 0}
+# the batch is the script's own (no DataLoader): the model alone is re-run under op tracing, with the
+# gradient that reached its output, which finds sqrt'(0); no dataset indices (observe_batch was not called)
+EXPECT = {"kind": "singular_gradient", "where": "gradients", "phase": "backward", "step": 0, "op": "sqrt"}
+EXPECT_WARN = {"kind": "undetermined", "op": None}  # no replay under warn
 
 
 def setup():

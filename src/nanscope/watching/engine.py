@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from nanscope.detect.diagnose import Diagnosis
+from nanscope.localize.model_call import ModelCall
 from nanscope.localize.refeed import Refeed, Stage
 from nanscope.localize.replay import RngState
 from nanscope.recover.actions import LiveState, Recoverer, discard_update
@@ -201,6 +202,10 @@ class Engine:
             self.checks.buffers(it)
         if self._replayable():
             it.rng = RngState.capture()  # so that this micro-batch can be replayed exactly
+            # a batch from elsewhere cannot be handed out again: keep the model call to re-run it alone
+            it.model_call = (
+                ModelCall(module, args, kwargs) if drawn is None and self._step_fn is None else None
+            )
         it.first_module = id(module)
 
     def _replayable(self) -> bool:
@@ -213,7 +218,11 @@ class Engine:
         it = self.log.current
         if not torch.is_grad_enabled() or it.first_module != id(module) or self.refeed is not None:
             return
-        if self.triage.replay_note(it, current=True) is not None:  # only where no replay could find the op
+        call = it.model_call
+        if call is not None and call.module is module and not call.hooked:
+            call.watch_gradients(output)
+        # only where no replay of the whole step could find the op (a model-alone re-run leaves the loss out)
+        if call is not None or self.triage.replay_note(it, current=True) is not None:
             self.checks.output(it, output)
 
     def backward_started(self, tensors: Any) -> None:
@@ -243,8 +252,10 @@ class Engine:
             self.checks.gradients(it, 2 * w.index, w, w.params())
         if not watched:  # no optimizer: one backward is one iteration
             self.checks.gradients(it, -2, None, self._params_without_optimizer())
-            if self.refeed is None and not it.done:
-                self._finish(applied=True)
+        if it.model_call is not None:  # read by now unless read lazily on a device: not kept any longer
+            it.model_call.forget_gradients()
+        if not watched and self.refeed is None and not it.done:
+            self._finish(applied=True)
 
     def clipped(self, kind: str, limit: float) -> None:
         if math.isfinite(limit):  # HF Trainer calls clip_grad_norm_(params, inf) only to measure the norm

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from nanscope.localize.model_call import ModelCall
 from nanscope.localize.replay import RngState
 from nanscope.watching.batches import Drawn
 
@@ -42,6 +43,8 @@ class Iteration:
     inf_loss: bool = False  # an infinite (not NaN) loss, judged at the step: a GradScaler may own it
     scaled: bool = False  # a GradScaler scaled a loss of this iteration (it judges the gradients itself)
     rng: RngState | None = None  # RNG at the failing micro-batch's first forward (for the replay)
+    # the micro-batch's model call, when its batch did not come from a DataLoader (re-run of the model alone)
+    model_call: ModelCall | None = None
     bad_buffers_at_start: tuple[str, ...] = ()
     failed: bool = False  # a non-finite value was handled for this iteration
     discard: bool = False  # the policy discards this iteration's update
@@ -62,6 +65,7 @@ class Iteration:
     def release(self) -> None:
         if self.done and self.pending == 0:
             self.batches, self.output_flags, self.rng, self.buffers_before = [], [], None, []
+            self.model_call = None
 
 
 @dataclass(eq=False)

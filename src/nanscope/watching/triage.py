@@ -8,6 +8,7 @@ values; it never raises for the policy, warns or writes.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -82,8 +83,11 @@ class Triage:
         op, op_samples, whole = None, None, False
         clean = not hps and not before and all(scan.clean for scan in scans)
         note = self.replay_note(it, current)
-        if replay and trip.where in ("loss", "gradients") and clean and note is None and self._step_fn:
-            op, op_samples, whole = self._replay(it, trip.where)
+        if replay and trip.where in ("loss", "gradients") and clean and note is None:
+            if self._step_fn is not None:
+                op, op_samples, whole = self._replay(it, trip.where)
+            elif it.model_call is not None:
+                op, op_samples, whole, note = self._replay_model(it, trip.where)
         return Observation(
             step=it.step,
             trigger=trip.where,
@@ -106,12 +110,12 @@ class Triage:
 
     def replay_note(self, it: Iteration, current: bool) -> str | None:
         """Why the failing step cannot be replayed, or None when it can."""
-        if not it.batches:
-            return (
-                "no replay: the step's batch was not seen (iterate a DataLoader, or call observe_batch and "
-                "pass step_fn=...)"
-            )
         if it.rng is None:
+            if not it.batches:
+                return (
+                    "no replay: the step's batch was not seen (iterate a DataLoader, or call observe_batch and "
+                    "pass step_fn=...)"
+                )
             return "no replay: no training forward of a watched model ran in this iteration"
         if not current:
             return (
@@ -125,9 +129,11 @@ class Triage:
                 f"no replay under policy {self._policy.handler!r} (replaying changes the run): use 'stop', "
                 "'skip' or 'rollback', or pass step_fn=... to nanscope.watch"
             )
+        if it.model_call is not None:
+            return None  # the batch cannot be handed out again, but the model alone can be re-run
         if not any(True for _ in self._watched()):
             return "no replay: no optimizer step to discard (the loop updates the weights itself)"
-        if it.batches[-1].dataset is None:
+        if not it.batches or it.batches[-1].dataset is None:
             return "no replay: the batch did not come from a DataLoader; pass step_fn=... to nanscope.watch"
         return None
 
@@ -135,6 +141,9 @@ class Triage:
     def can_refeed(self, it: Iteration, obs: Observation) -> bool:
         return (
             self._step_fn is None
+            and it.model_call is None
+            and bool(it.batches)
+            and it.batches[-1].dataset is not None
             and obs.op is None
             and obs.trigger in ("loss", "gradients")
             and not obs.hyperparameters
@@ -193,6 +202,55 @@ class Triage:
         finally:
             self.replaying = False
         return (finding, *culprit_samples(finding, index_list, size))
+
+    def _replay_model(
+        self, it: Iteration, trigger: str
+    ) -> tuple[OpFinding | None, tuple[int, ...] | None, bool, str | None]:
+        """Re-run the model alone under op tracing (the batch did not come from a DataLoader)."""
+        call = it.model_call
+        assert call is not None and it.rng is not None
+        backward = trigger == "gradients"
+        if backward and not call.grads:
+            return (
+                None,
+                None,
+                False,
+                (
+                    "no replay: the batch did not come from a DataLoader, and the gradients at the model's output "
+                    "were no longer kept when the values were read (lazy device reads: use eager=True, or pass "
+                    "step_fn=...)"
+                ),
+            )
+        drawn = it.batches[-1] if it.batches else None
+        index_list, size = batch_rows(
+            call.args if drawn is None else drawn.batch, None if drawn is None else drawn.indices
+        )
+        self.replaying = True
+        try:
+            finding = replay(
+                functools.partial(call.rerun, backward=backward),
+                None,
+                start=it.rng,
+                params=[p for w in self._watched() for p in w.params()],
+                buffers=[b for model in self._naming.models.values() for b in model.buffers()],
+                module_names=self._module_names(),
+                batch_size=size,
+                trigger=trigger,
+                loss_nan=_loss_nan(it),
+            )
+        finally:
+            self.replaying = False
+        note = None
+        if finding is None:
+            what = (
+                "forward and backward (from the gradients that reached its output)" if backward else "forward"
+            )
+            note = (
+                f"the batch did not come from a DataLoader, so the model alone was re-run under op tracing (its "
+                f"{what}): no op inside it created the NaN/Inf, so the origin is outside the model (in the "
+                "loss or the code around the model); pass step_fn=... to trace the whole step"
+            )
+        return (finding, *culprit_samples(finding, index_list, size), note)
 
     def _module_names(self) -> dict[int, str]:
         models = self._naming.models.values()
