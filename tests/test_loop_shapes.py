@@ -145,8 +145,18 @@ def test_script_clipping_is_reported_and_the_history_is_before_the_clip():
     assert clip and clip[0].data == {"clip": "norm", "limit": shape.MAX_NORM}
     norms = [n for n in report.history.grad_norm if n is not None]
     assert norms and max(norms) > shape.MAX_NORM, "the history holds the clipped norms"
-    clip_advice = [s for s in report.suggestions if "clip" in s.lower()]
-    assert all(f"already clips at max_norm={shape.MAX_NORM:g}" in s for s in clip_advice), clip_advice
+
+
+def test_clipping_advice_is_never_looser_than_the_scripts_own_clip():
+    from nanscope.detect.advice import clip_hint
+    from nanscope.report.model import History
+
+    history = History(step=tuple(range(10)), grad_norm=(0.3,) * 10)
+    assert "max_norm=0.6" in clip_hint(history)  # no clipping by the script: 2x the early median
+    tight = clip_hint(history, ("norm", 0.1))
+    assert "already clips at max_norm=0.1" in tight and "0.6" not in tight
+    loose = clip_hint(history, ("norm", 10.0))
+    assert "already clips at max_norm=10" in loose and "tighten it to 0.6" in loose
 
 
 def test_no_optimizer_run_is_watched_by_backward_calls():

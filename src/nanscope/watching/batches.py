@@ -80,14 +80,12 @@ class Ledger:
         item.grad_enabled = torch.is_grad_enabled()
         queue.append(item)
 
-    def pending(self) -> int:
-        return sum(len(q) for q in self._queues.values())
-
     def consume(self, args: Any, kwargs: Any) -> Drawn | None:
         """The batch a micro-batch whose first training forward got ``args``/``kwargs`` consumes."""
-        if not any(self._queues.values()):
+        pending = sum(len(q) for q in self._queues.values())
+        if not pending:
             return None
-        fed = _storages((args, kwargs))
+        fed = _storages((args, kwargs)) if pending > 1 else frozenset()  # one candidate: no matching needed
         if fed:
             for key, queue in self._queues.items():
                 for position, item in enumerate(queue):

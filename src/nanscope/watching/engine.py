@@ -24,7 +24,7 @@ from torch import nn
 
 from nanscope.detect.diagnose import Diagnosis
 from nanscope.localize.model_call import ModelCall
-from nanscope.localize.refeed import Refeed, Stage
+from nanscope.localize.refeed import Stage
 from nanscope.localize.replay import RngState
 from nanscope.recover.actions import LiveState, Recoverer, discard_update
 from nanscope.recover.policy import Policy
@@ -102,6 +102,7 @@ class Engine:
         self._discarding: set[int] = set()  # optimizers whose coming update is discarded
         self._state = LiveState()
         self._model_params: list[torch.Tensor] | None = None
+        self._step: int | None = None  # cached step(); None when it must be recounted
 
     # ------------------------------------------------------------------ registry
     def track(self, opt: torch.optim.Optimizer) -> tuple[WatchedOptimizer, bool]:
@@ -111,6 +112,7 @@ class Engine:
             return found, False
         found = WatchedOptimizer(optimizer=weakref.ref(opt), index=len(self.watched))
         self.watched[id(opt)] = found
+        self._step = None
         if not self.naming.models or self._discover:
             self._found_models(find_roots(found.params()))
         return found, True
@@ -126,9 +128,13 @@ class Engine:
 
     def step(self) -> int:
         """Optimizer steps completed (the minimum over optimizers); with none, iterations (backward calls)."""
-        watched = self.watched.values()
-        counts = [w.steps for w in watched if w.optimizer() is not None] or [w.steps for w in watched]
-        return min(counts) if counts else self.log.watched
+        if not self.watched:
+            return self.log.watched
+        if self._step is None:  # recounted only when an optimizer stepped or was added
+            watched = self.watched.values()
+            counts = [w.steps for w in watched if w.optimizer() is not None] or [w.steps for w in watched]
+            self._step = min(counts)
+        return self._step
 
     def _params_without_optimizer(self) -> list[torch.Tensor]:
         if self._model_params is None:
@@ -144,7 +150,7 @@ class Engine:
     def batch_drawn(self, batch: Any, indices: Any, source: str, dataset: Any, loader: Any) -> None:
         if self.triage.replaying or not self._track_data:
             return
-        refeed = self.refeed
+        refeed = self.verdicts.refeed
         if refeed is not None and refeed.stage is Stage.HANDED_OUT and batch is refeed.batch:
             self.ledger.drawn(Drawn(batch, refeed.index_list, source, dataset, replay=True), loader)
         else:
@@ -155,7 +161,7 @@ class Engine:
         self._consumed(self.log.current, Drawn(batch, indices, source, None))
 
     def batch_to_replay(self, dataset: Any) -> Any:
-        refeed = self.refeed
+        refeed = self.verdicts.refeed
         if refeed is None:
             return MISSING
         if refeed.stage is Stage.TRACING:  # the loop moved on without stepping: the replay is over
@@ -183,7 +189,7 @@ class Engine:
         drawn = self.ledger.consume(args, kwargs) if self._track_data else None
         if drawn is not None:
             self._consumed(it, drawn)
-        refeed = self.refeed
+        refeed = self.verdicts.refeed
         if refeed is not None:
             if drawn is not None and drawn.replay and refeed.stage is Stage.HANDED_OUT:
                 refeed.start()
@@ -207,6 +213,11 @@ class Engine:
                 ModelCall(module, args, kwargs) if drawn is None and self._step_fn is None else None
             )
         it.first_module = id(module)
+        # the output's finiteness is kept only where no replay of the whole step could find the op (no step_fn
+        # and no in-loop replay; a model-alone re-run leaves the loss out)
+        it.keep_output = self._step_fn is None and (
+            it.rng is None or it.model_call is not None or not self.watched
+        )
 
     def _replayable(self) -> bool:
         if self._step_fn is not None:
@@ -216,17 +227,16 @@ class Engine:
 
     def forward_ended(self, module: nn.Module, output: Any) -> None:
         it = self.log.current
-        if not torch.is_grad_enabled() or it.first_module != id(module) or self.refeed is not None:
+        if not torch.is_grad_enabled() or it.first_module != id(module) or self.verdicts.refeed is not None:
             return
         call = it.model_call
         if call is not None and call.module is module and not call.hooked:
             call.watch_gradients(output)
-        # only where no replay of the whole step could find the op (a model-alone re-run leaves the loss out)
-        if call is not None or self.triage.replay_note(it, current=True) is not None:
+        if it.keep_output:
             self.checks.output(it, output)
 
     def backward_started(self, tensors: Any) -> None:
-        if self.triage.replaying or self.refeed is not None:
+        if self.triage.replaying or self.verdicts.refeed is not None:
             return
         it = self.log.current
         if not self.watched and not self.naming.models and self._discover:
@@ -245,7 +255,7 @@ class Engine:
         it = self.log.current
         it.in_micro_batch = False
         it.backwards += 1
-        if self.refeed is not None or it.scaled:
+        if self.verdicts.refeed is not None or it.scaled:
             return  # parked or replaying; a GradScaler's gradients are judged at the update
         watched = self._live_watched()
         for w in watched:
@@ -254,7 +264,7 @@ class Engine:
             self.checks.gradients(it, -2, None, self._params_without_optimizer())
         if it.model_call is not None:  # read by now unless read lazily on a device: not kept any longer
             it.model_call.forget_gradients()
-        if not watched and self.refeed is None and not it.done:
+        if not watched and self.verdicts.refeed is None and not it.done:
             self._finish(applied=True)
 
     def clipped(self, kind: str, limit: float) -> None:
@@ -265,11 +275,11 @@ class Engine:
     def before_update(self, opt: torch.optim.Optimizer) -> None:
         w, _ = self.track(opt)
         it = self.log.current
-        if self.refeed is not None:
+        if self.verdicts.refeed is not None:
             self._discard(w)
-            if self.refeed.stage is Stage.TRACING:
+            if self.verdicts.refeed.stage is Stage.TRACING:
                 self._finish_refeed()  # may decide; what it decided is carried out below
-            if self.refeed is not None or it.discard:
+            if self.verdicts.refeed is not None or it.discard:
                 return
         self.reader.poll()
         if it.discard or self.recoverer.rollback_due:
@@ -285,7 +295,9 @@ class Engine:
         if (it.scaled and not fused_scaler) or it.backwards == 0:
             # unscaled by now (a GradScaler steps only on finite gradients), or no backward() was seen
             self.checks.gradients(it, 2 * w.index, w, params)
-        if self.refeed is not None or it.discard:  # a check above tripped and the update must not run
+        if (
+            self.verdicts.refeed is not None or it.discard
+        ):  # a check above tripped and the update must not run
             self._discard(w)
             return
         self.recoverer.first_snapshot(self.step())
@@ -306,7 +318,7 @@ class Engine:
         it = self.log.current
         if id(opt) in self._discarding:
             self._discarding.discard(id(opt))
-            if self.refeed is None and it.discard and not self._discarding:
+            if self.verdicts.refeed is None and it.discard and not self._discarding:
                 with torch.no_grad():  # BatchNorm statistics the failing forward moved
                     for buffer, saved in it.buffers_before:
                         buffer.copy_(saved)
@@ -316,12 +328,13 @@ class Engine:
         self.reader.commit()  # one device-to-host copy per step for everything this step submitted
         before = self.step()
         w.steps += 1
+        self._step = None
         if self.step() > before:
             self._finish(applied=True)
 
     def update_skipped(self, opt: torch.optim.Optimizer) -> None:
         """A GradScaler found Inf/NaN gradients and skipped ``step()``: not a failure; the scale backs off."""
-        if self.refeed is None:
+        if self.verdicts.refeed is None:
             self._finish(applied=False, keep=False, scaler_skipped=True)
 
     def _finish(self, *, applied: bool, keep: bool = True, scaler_skipped: bool = False) -> None:
@@ -343,10 +356,6 @@ class Engine:
                 self.early.update(it.step, it.mean_loss, it.grad_norm)
 
     # ------------------------------------------------------------------ the slow path
-    @property
-    def refeed(self) -> Refeed | None:
-        return self.verdicts.refeed
-
     @property
     def diagnosis(self) -> Diagnosis | None:
         return self.verdicts.diagnosis

@@ -39,6 +39,7 @@ class Iteration:
     started: bool = False  # its first training forward ran
     in_micro_batch: bool = False  # a training forward ran since the last backward
     first_module: int | None = None  # id of the module whose forward began the current micro-batch
+    keep_output: bool = False  # keep the finiteness of that module's output (no replay can find the op)
     backwards: int = 0
     inf_loss: bool = False  # an infinite (not NaN) loss, judged at the step: a GradScaler may own it
     scaled: bool = False  # a GradScaler scaled a loss of this iteration (it judges the gradients itself)
@@ -77,6 +78,15 @@ class WatchedOptimizer:
     bad_before: tuple[str, ...] = ()
     readings: list[Any] = field(default_factory=list)  # the last gradient probe (for adaptive clipping)
 
+    _params: list[torch.Tensor] = field(default_factory=list)
+    _layout: tuple[int, ...] = ()  # param-group sizes the cached list was built from
+
     def params(self) -> list[torch.Tensor]:
+        """The optimizer's parameters, in param-group order (rebuilt when its groups change)."""
         opt = self.optimizer()
-        return [] if opt is None else [p for g in opt.param_groups for p in g["params"]]
+        if opt is None:
+            return []
+        layout = tuple(len(g["params"]) for g in opt.param_groups)
+        if layout != self._layout:
+            self._params, self._layout = [p for g in opt.param_groups for p in g["params"]], layout
+        return self._params

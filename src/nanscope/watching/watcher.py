@@ -244,7 +244,7 @@ class Watcher:
         return self._state is WatcherState.OPEN and not self._engine.triage.replaying
 
     def _guard(self, fn: Callable[..., Any], *args: Any) -> None:
-        if not self._live():
+        if self._state is not WatcherState.OPEN or self._engine.triage.replaying:  # _live(), inlined: hot
             return
         try:
             fn(*args)
