@@ -348,6 +348,8 @@ class Engine:
     # ------------------------------------------------------------------ values read
     def _read(self, it: Iteration) -> None:
         """A value of ``it`` was read (or it ended): once all are in, settle it."""
+        if not it.done or it.pending:
+            return
         it.release()
         if it.done and it.pending == 0 and not it.settled:
             it.settled = True

@@ -184,23 +184,7 @@ class Triage:
         assert self._step_fn is not None and it.rng is not None
         drawn = it.batches[-1]
         index_list, size = batch_rows(drawn.batch, drawn.indices)
-        params = [p for w in self._watched() for p in w.params()]
-        buffers = [b for model in self._naming.models.values() for b in model.buffers()]
-        self.replaying = True
-        try:
-            finding = replay(
-                self._step_fn,
-                drawn.batch,
-                start=it.rng,
-                params=params,
-                buffers=buffers,
-                module_names=self._module_names(),
-                batch_size=size,
-                trigger=trigger,
-                loss_nan=_loss_nan(it),
-            )
-        finally:
-            self.replaying = False
+        finding = self._traced(self._step_fn, drawn.batch, it, size, trigger)
         return (finding, *culprit_samples(finding, index_list, size))
 
     def _replay_model(
@@ -225,21 +209,7 @@ class Triage:
         index_list, size = batch_rows(
             call.args if drawn is None else drawn.batch, None if drawn is None else drawn.indices
         )
-        self.replaying = True
-        try:
-            finding = replay(
-                functools.partial(call.rerun, backward=backward),
-                None,
-                start=it.rng,
-                params=[p for w in self._watched() for p in w.params()],
-                buffers=[b for model in self._naming.models.values() for b in model.buffers()],
-                module_names=self._module_names(),
-                batch_size=size,
-                trigger=trigger,
-                loss_nan=_loss_nan(it),
-            )
-        finally:
-            self.replaying = False
+        finding = self._traced(functools.partial(call.rerun, backward=backward), None, it, size, trigger)
         note = None
         if finding is None:
             what = (
@@ -251,6 +221,28 @@ class Triage:
                 "loss or the code around the model); pass step_fn=... to trace the whole step"
             )
         return (finding, *culprit_samples(finding, index_list, size), note)
+
+    def _traced(
+        self, fn: Callable[[Any], object], batch: Any, it: Iteration, size: int | None, trigger: str
+    ) -> OpFinding | None:
+        """``fn(batch)`` from the failing micro-batch's RNG state under the op tracer; the run is left as it
+        was (gradients, buffers, RNG); the engine ignores the events it produces."""
+        assert it.rng is not None
+        self.replaying = True
+        try:
+            return replay(
+                fn,
+                batch,
+                start=it.rng,
+                params=[p for w in self._watched() for p in w.params()],
+                buffers=[b for model in self._naming.models.values() for b in model.buffers()],
+                module_names=self._module_names(),
+                batch_size=size,
+                trigger=trigger,
+                loss_nan=_loss_nan(it),
+            )
+        finally:
+            self.replaying = False
 
     def _module_names(self) -> dict[int, str]:
         models = self._naming.models.values()
