@@ -82,3 +82,13 @@ def test_hf_trainer_with_accumulation_and_prefetch_names_the_sample(tmp_path):
     assert report.cause.kind == "nonfinite_input"
     assert list(report.cause.samples) == [42]
     assert report.first_nonfinite.step == expected
+
+
+def test_accelerate_loop_with_accumulation_names_the_step_and_sample(tmp_path):
+    pytest.importorskip("accelerate")
+    code, stderr, report = _run(tmp_path, "accelerate_dirty.py")
+    assert code == 3, stderr
+    assert report.cause.kind == "nonfinite_input" and list(report.cause.samples) == [42]
+    # the optimizer step that contains the culprit micro-batch (two micro-batches per step)
+    assert report.first_nonfinite.step == _shuffled_step(42, seed=1) // 2
+    assert [e.data["limit"] for e in report.cause.evidence if e.label == "script clips"] == [1.0]

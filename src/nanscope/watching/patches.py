@@ -5,7 +5,8 @@
 * ``_BaseDataLoaderIter._next_index`` / ``__next__``: the dataset indices of every batch, quarantined samples
   dropped from them, and the failing batch handed out again for a replay (:mod:`nanscope.watching.data`);
 * ``torch.optim.Optimizer.__init__``: every optimizer the moment it exists (zero-code discovery);
-* ``torch.nn.utils.clip_grad_norm_`` / ``clip_grad_value_``: the script clips, and at which limit;
+* ``torch.nn.utils.clip_grad_norm_`` / ``clip_grad_value_`` / ``clip_grads_with_norm_``: the script clips,
+  and at which limit;
 * ``torch.amp.GradScaler.scale`` / ``step``: which losses are scaled, and the steps a scaler skipped.
 
 Listeners implement :class:`~nanscope.watching.events.Events`; nothing here knows the engine.
@@ -158,6 +159,10 @@ def _install() -> None:
     for owner in (torch.nn.utils, torch.nn.utils.clip_grad):
         _set(owner, "clip_grad_norm_", clip_norm)
         _set(owner, "clip_grad_value_", clip_value)
+    # the two-stage form (get_total_norm, then clip_grads_with_norm_) that accelerate uses
+    with_norm = _patched_clip(torch.nn.utils.clip_grad._clip_grads_with_norm_, "norm", "max_norm")
+    _set(torch.nn.utils, "clip_grads_with_norm_", with_norm)
+    _set(torch.nn.utils.clip_grad, "_clip_grads_with_norm_", with_norm)
     scaler = torch.amp.GradScaler
     _set(scaler, "scale", _patched_scale(scaler.scale))
     _set(scaler, "step", _patched_scaler_step(scaler.step))
