@@ -190,7 +190,7 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
             code = exc.code or 0
         else:
             print(exc.code, file=sys.stderr)
-            code = 1
+            code = EXIT_FAILED
     except KeyboardInterrupt as exc:
         traceback.print_exc()
         watcher.ended_by(exc)

@@ -13,12 +13,12 @@ from typing import Any
 import torch
 
 from nanscope._tree import iter_tensors
+from nanscope.localize.samples import flat_indices
 
 __all__ = [
     "BadHyperparameter",
     "BatchScan",
     "TensorRows",
-    "iter_tensors",
     "nonfinite_hyperparameters",
     "nonfinite_names",
     "scan_batch",
@@ -49,22 +49,9 @@ class BatchScan:
         return not self.tensors
 
 
-def _flat_indices(indices: Any) -> list[int] | None:
-    if indices is None:
-        return None
-    if isinstance(indices, torch.Tensor):
-        return [int(i) for i in indices.reshape(-1).tolist()]
-    if isinstance(indices, int):
-        return [indices]
-    try:
-        return [int(i) for i in indices]
-    except (TypeError, ValueError):
-        return None
-
-
 def scan_batch(batch: Any, indices: Any = None, source: str = "batch") -> BatchScan:
     """Find the rows of ``batch`` that hold NaN/Inf and map them to dataset ``indices`` (position → index)."""
-    index_list = _flat_indices(indices)
+    index_list = flat_indices(indices)
     single = isinstance(indices, int) or (isinstance(indices, torch.Tensor) and indices.dim() == 0)
     tensors = [(p, t) for p, t in iter_tensors(batch) if t.is_floating_point() or t.is_complex()]
     batch_len = len(index_list) if index_list is not None else None

@@ -4,19 +4,31 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from nanscope._tree import iter_tensors
 from nanscope.localize.trace import OpFinding
 
-__all__ = ["batch_rows", "culprit_samples"]
+__all__ = ["batch_rows", "culprit_samples", "flat_indices"]
+
+
+def flat_indices(indices: Any) -> list[int] | None:
+    """A batch's dataset indices (a tensor, a sequence or one int) as a list of ints; None when unknown."""
+    if indices is None:
+        return None
+    if isinstance(indices, torch.Tensor):
+        return [int(i) for i in indices.reshape(-1).tolist()]
+    if isinstance(indices, int):
+        return [indices]
+    try:
+        return [int(i) for i in indices]
+    except (TypeError, ValueError):
+        return None
 
 
 def batch_rows(batch: Any, indices: Any) -> tuple[list[int] | None, int | None]:
     """The batch's dataset indices as a list (None when unknown) and its number of rows."""
-    index_list = (
-        None
-        if indices is None
-        else [int(i) for i in (indices if not isinstance(indices, int) else [indices])]
-    )
+    index_list = flat_indices(indices)
     tensors = [t for _, t in iter_tensors(batch) if t.dim() >= 1]
     size = len(index_list) if index_list is not None else (tensors[0].shape[0] if tensors else None)
     return index_list, size

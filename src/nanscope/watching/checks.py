@@ -87,9 +87,8 @@ class StepChecks:
         it.pending -= 1
         if scalar:
             it.losses.append(value)
-        if scalar and math.isinf(value) and it.scaled:
-            it.inf_loss = True  # a GradScaler's scaled loss overflows by design; the scaler skips that step
-        elif not (math.isfinite(value) if scalar else value == 1.0):
+        scaler_overflow = scalar and math.isinf(value) and it.scaled  # by design: the scaler skips that step
+        if not scaler_overflow and not (math.isfinite(value) if scalar else value == 1.0):
             self._on_trip(it, Trip("loss", ("loss",)))
         self._on_read(it)
 

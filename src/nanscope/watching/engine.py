@@ -4,8 +4,9 @@ Composed parts, each owning its state: :class:`~nanscope.watching.checks.StepChe
 :class:`~nanscope.watching.run_log.RunLog` (iterations and history), :class:`~nanscope.watching.batches.Ledger`
 (which batch each micro-batch consumed), :class:`~nanscope.watching.triage.Triage` (observation, replay plans),
 :class:`~nanscope.recover.actions.Recoverer` (snapshots, back-off, clipping, quarantine) and
-:class:`~nanscope.watching.early_warning.EarlyWarnings`. The policy decides (pure); :meth:`Engine._act` is the
-one place where a decision is carried out.
+:class:`~nanscope.watching.early_warning.EarlyWarnings`; :class:`~nanscope.watching.verdicts.Verdicts` turns a
+tripped check into a conclusion. The policy decides (pure); :meth:`Verdicts._act
+<nanscope.watching.verdicts.Verdicts._act>` is the one place where a decision is carried out.
 
 Step semantics (``docs/how-it-works.md``): gradients are judged when ``backward()`` returns (as backward left
 them: before any clip, after the closure's backward under ``step(closure)``, per micro-batch under
@@ -65,7 +66,6 @@ class Engine:
         on_unseen_forward: Callable[[], None],
     ) -> None:
         self.policy = policy
-        self._report_path = report_path
         self._track_data = track_data
         self._step_fn = step_fn
         self._discover = discover
@@ -295,9 +295,7 @@ class Engine:
         if (it.scaled and not fused_scaler) or it.backwards == 0:
             # unscaled by now (a GradScaler steps only on finite gradients), or no backward() was seen
             self.checks.gradients(it, 2 * w.index, w, params)
-        if (
-            self.verdicts.refeed is not None or it.discard
-        ):  # a check above tripped and the update must not run
+        if self.verdicts.refeed is not None or it.discard:  # a check above tripped: the update must not run
             self._discard(w)
             return
         self.recoverer.first_snapshot(self.step())
@@ -348,14 +346,13 @@ class Engine:
     # ------------------------------------------------------------------ values read
     def _read(self, it: Iteration) -> None:
         """A value of ``it`` was read (or it ended): once all are in, settle it."""
-        if not it.done or it.pending:
+        if not it.done or it.pending or it.settled:
             return
         it.release()
-        if it.done and it.pending == 0 and not it.settled:
-            it.settled = True
-            if not it.failed:
-                self.recoverer.settled(it.step, it.grad_norm, it.clip_threshold)
-                self.early.update(it.step, it.mean_loss, it.grad_norm)
+        it.settled = True
+        if not it.failed:
+            self.recoverer.settled(it.step, it.grad_norm, it.clip_threshold)
+            self.early.update(it.step, it.mean_loss, it.grad_norm)
 
     # ------------------------------------------------------------------ the slow path
     @property

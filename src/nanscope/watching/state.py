@@ -41,7 +41,6 @@ class Iteration:
     first_module: int | None = None  # id of the module whose forward began the current micro-batch
     keep_output: bool = False  # keep the finiteness of that module's output (no replay can find the op)
     backwards: int = 0
-    inf_loss: bool = False  # an infinite (not NaN) loss, judged at the step: a GradScaler may own it
     scaled: bool = False  # a GradScaler scaled a loss of this iteration (it judges the gradients itself)
     rng: RngState | None = None  # RNG at the failing micro-batch's first forward (for the replay)
     # the micro-batch's model call, when its batch did not come from a DataLoader (re-run of the model alone)

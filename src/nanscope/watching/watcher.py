@@ -69,14 +69,10 @@ class _Guarded:
         self._w._guard(self._w._engine.batch_drawn, batch, indices, source, dataset, loader)
 
     def batch_to_replay(self, dataset: Any) -> Any:
-        found: list[Any] = [MISSING]
-        self._w._guard(lambda: found.__setitem__(0, self._w._engine.batch_to_replay(dataset)))
-        return found[0]
+        return self._w._guard(self._w._engine.batch_to_replay, dataset, default=MISSING)
 
     def excluded_indices(self, dataset: Any) -> frozenset[int]:
-        if not self._w._live():
-            return frozenset()
-        return self._w._engine.excluded_indices(dataset)
+        return self._w._guard(self._w._engine.excluded_indices, dataset, default=frozenset())
 
     def forward_started(self, module: nn.Module, args: Any, kwargs: Any) -> None:
         self._w._guard(self._w._engine.forward_started, module, args, kwargs)
@@ -243,11 +239,12 @@ class Watcher:
     def _live(self) -> bool:
         return self._state is WatcherState.OPEN and not self._engine.triage.replaying
 
-    def _guard(self, fn: Callable[..., Any], *args: Any) -> None:
+    def _guard(self, fn: Callable[..., Any], *args: Any, default: Any = None) -> Any:
+        """``fn(*args)``, or ``default`` when not watching (closed, broken, replaying) or when it failed."""
         if self._state is not WatcherState.OPEN or self._engine.triage.replaying:  # _live(), inlined: hot
-            return
+            return default
         try:
-            fn(*args)
+            return fn(*args)
         except NonFiniteError:
             raise
         except Exception as exc:  # an internal failure must never kill training
@@ -261,6 +258,7 @@ class Watcher:
                 InternalErrorWarning,
                 stacklevel=3,
             )
+            return default
 
     # ---------------------------------------------------------------- public helpers
     def observe_batch(self, batch: Any, indices: Sequence[int] | None = None, source: str = "batch") -> None:
