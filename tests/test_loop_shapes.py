@@ -300,3 +300,15 @@ def test_own_batches_name_their_samples_through_observe_batch():
         watchers.append(watcher)
         train()
     check(info.value.report, {**shape.EXPECT, "samples": [shape.CONSTANT]})
+
+
+@pytest.mark.parametrize(
+    "name", ["submodule_calls", "clipping_sqrt", "grad_scaler_dirty", "own_batches_sqrt"]
+)
+def test_every_hook_and_patch_is_removed_after_each_shape(name):
+    from test_watch import assert_nothing_left
+
+    model, optimizer, train = load(name).setup()
+    with pytest.raises(nanscope.NonFiniteError), nanscope.watch(model, optimizer):
+        train()  # submodules hooked after the first unseen micro-batch, clip and scaler patches used
+    assert_nothing_left([model], [optimizer])

@@ -21,6 +21,12 @@ ORIGINALS = {
     "optimizer_init": torch.optim.Optimizer.__init__,
     "next_index": dl._BaseDataLoaderIter._next_index,
     "next": dl._BaseDataLoaderIter.__next__,
+    "clip_grad_norm_": torch.nn.utils.clip_grad_norm_,
+    "clip_grad_value_": torch.nn.utils.clip_grad_value_,
+    "clip_grads_with_norm_": torch.nn.utils.clip_grads_with_norm_,
+    "inner_clip_grads_with_norm_": torch.nn.utils.clip_grad._clip_grads_with_norm_,
+    "scaler_scale": torch.amp.GradScaler.scale,
+    "scaler_step": torch.amp.GradScaler.step,
 }
 
 
@@ -29,6 +35,14 @@ def assert_nothing_left(models, optimizers):
     assert torch.optim.Optimizer.__init__ is ORIGINALS["optimizer_init"]
     assert dl._BaseDataLoaderIter._next_index is ORIGINALS["next_index"]
     assert dl._BaseDataLoaderIter.__next__ is ORIGINALS["next"]
+    clip = torch.nn.utils.clip_grad
+    for owner in (torch.nn.utils, clip):
+        assert owner.clip_grad_norm_ is ORIGINALS["clip_grad_norm_"]
+        assert owner.clip_grad_value_ is ORIGINALS["clip_grad_value_"]
+    assert torch.nn.utils.clip_grads_with_norm_ is ORIGINALS["clip_grads_with_norm_"]
+    assert clip._clip_grads_with_norm_ is ORIGINALS["inner_clip_grads_with_norm_"]
+    assert torch.amp.GradScaler.scale is ORIGINALS["scaler_scale"]
+    assert torch.amp.GradScaler.step is ORIGINALS["scaler_step"]
     assert not _global_optimizer_pre_hooks and not _global_optimizer_post_hooks
     from torch.nn.modules import module as module_globals
 
