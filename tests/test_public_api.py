@@ -11,7 +11,14 @@ import nanscope
 
 SRC = Path(nanscope.__file__).parent
 #: lower layers first; a module may import from its own layer and the ones before it (docs/how-it-works.md)
-LAYERS = [("report", "curves"), ("localize",), ("detect",), ("recover",), ("watching",), ("cli", "demo")]
+LAYERS = [
+    ("report", "curves"),
+    ("localize",),
+    ("detect",),
+    ("recover",),
+    ("watching",),
+    ("cli", "demo", "integrations"),
+]
 SHARED = {"errors", "_atomic", "_tree"}  # leaf helpers every layer may use
 
 
@@ -21,7 +28,18 @@ def test_public_api_is_exactly_all():
 
     assert probes.__name__ == "nanscope.watching.probes"
 
-    packages = {"cli", "curves", "demo", "detect", "errors", "localize", "recover", "report", "watching"}
+    packages = {
+        "cli",
+        "curves",
+        "demo",
+        "detect",
+        "errors",
+        "integrations",
+        "localize",
+        "recover",
+        "report",
+        "watching",
+    }
     public = {n for n in dir(nanscope) if not n.startswith("_")} - packages
     assert sorted(nanscope.__all__) == nanscope.__all__
     assert public | {"__version__"} == set(nanscope.__all__)

@@ -374,8 +374,9 @@ def test_a_policy_that_gives_up_stops_the_run_with_exit_3_and_says_why(tmp_path)
     assert result.returncode == 3, result.stderr
     report = json.loads(out.read_text())
     kinds = [i["kind"] for i in report["interventions"]]
-    assert kinds == ["skip"] * 5 + ["give_up"]
-    assert report["interventions"][-1]["detail"] == "gave up: 6 failed steps in a row (limit 5)"
+    # the schedule sets the NaN again at the next step: a repeated hyperparameter failure ends the run
+    assert kinds == ["skip", "give_up"]
+    assert report["interventions"][-1]["detail"].startswith("gave up: lr broke the run again after recovery")
     assert report["outcome"]["gave_up"] is True and report["cause"]["kind"] == "invalid_hyperparameter"
 
 

@@ -8,6 +8,7 @@ singular_gradient, gradient_explosion) are never guessed here: without that evid
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from nanscope.detect.advice import clip_hint, suggestions_for
@@ -17,7 +18,7 @@ from nanscope.localize.classify import growth as fitted_growth
 from nanscope.localize.trace import OpFinding
 from nanscope.report.model import Cause, Evidence, FirstNonFinite, History, Phase, Where
 
-__all__ = ["Diagnosis", "Observation", "diagnose"]
+__all__ = ["Diagnosis", "Observation", "diagnose", "lr_jump"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,9 +116,64 @@ def _input_cause(obs: Observation, bad: list[BatchScan]) -> tuple[FirstNonFinite
     return FirstNonFinite(obs.step, "inputs", paths), cause
 
 
+LR_JUMP = 100.0  # one step's lr at least this many times the step before's: a schedule jump, not a warm-up
+LR_JUMP_WINDOW = 3  # ... within this many completed steps before the failing one
+
+
+def lr_jump(history: History) -> tuple[int, float, float] | None:
+    """``(step, lr before, lr at that step)`` of the latest single-step jump of the learning rate by at least
+    ``LR_JUMP`` in the last ``LR_JUMP_WINDOW`` completed steps. A warm-up rises by small factors per step (or
+    starts from 0, which is no reference) and is never a jump."""
+    steps, lrs = history.step[-LR_JUMP_WINDOW - 1 :], history.lr[-LR_JUMP_WINDOW - 1 :]
+    for i in range(len(lrs) - 1, 0, -1):
+        before, after = lrs[i - 1], lrs[i]
+        if before is None or after is None or not before > 0 or not math.isfinite(after):
+            continue
+        if after / before >= LR_JUMP:
+            return steps[i], before, after
+    return None
+
+
+def _schedule_jump(found: Diagnosis, obs: Observation) -> Diagnosis:
+    """A failure right after the learning rate jumped by orders of magnitude is the schedule's doing, whatever
+    op finally overflowed or took log(0) on the huge weights it left: the fix is the schedule, not an eps."""
+    if found.cause.kind not in _JUMP_EXPLAINS:
+        return found
+    jump = lr_jump(obs.history)
+    if jump is None:
+        return found
+    step, before, after = jump
+    note = Evidence(
+        "lr jump",
+        f"the learning rate jumped x{after / before:.3g} at step {step} ({before:.4g} -> {after:.4g}); the updates "
+        f"since made the weights huge, and step {obs.step} broke on them",
+        {"step": step, "before": before, "after": after},
+    )
+    where = f" (it finally broke in `{found.cause.op}`)" if found.cause.op else ""
+    cause = replace(
+        found.cause,
+        kind="invalid_hyperparameter",
+        phase="schedule",
+        hyperparameter="lr",
+        summary=f"the learning rate jumped x{after / before:.3g} at step {step} ({before:.4g} -> {after:.4g}) and "
+        f"the run diverged at step {obs.step}{where}",
+        evidence=(note, *found.cause.evidence),
+    )
+    advice = (
+        f"Fix the LR schedule: it multiplied the rate by {after / before:.3g} at step {step}. Check the "
+        "scheduler's lambda/milestones and the units of its step (per batch vs per epoch); clamp it, e.g. "
+        "`lr = min(max_lr, lr)`.",
+        f"Clip gradients: {clip_hint(obs.history, obs.script_clip)}.",
+    )
+    return replace(found, cause=cause, suggestions=advice)
+
+
+_JUMP_EXPLAINS = ("overflow", "domain_error", "gradient_explosion", "undetermined", "singular_gradient")
+
+
 def diagnose(obs: Observation) -> Diagnosis:
     """The cause of the first non-finite value, from what was measured (see the module docstring)."""
-    found = _diagnose(obs)
+    found = _schedule_jump(_diagnose(obs), obs)
     if obs.script_clip is None:
         return found
     kind, limit = obs.script_clip

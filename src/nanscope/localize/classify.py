@@ -22,6 +22,21 @@ _ROOTS = {"sqrt", "rsqrt", "pow"}
 _ARCS = {"acos", "asin", "atanh", "acosh"}
 _SOFTMAX = {"_softmax", "softmax", "_log_softmax", "log_softmax"}
 _REDUCE = {"mean", "var", "std", "var_mean", "std_mean", "nanmean"}
+_NORMS = {
+    "native_layer_norm",
+    "layer_norm",
+    "native_batch_norm",
+    "_native_batch_norm_legit",
+    "_native_batch_norm_legit_no_training",
+    "native_group_norm",
+    "group_norm",
+    "_fused_rms_norm",
+    "rms_norm",
+    "norm",
+    "linalg_vector_norm",
+}
+# above the square root of the largest finite value, a square overflows
+_SQRT_MAX = {"float32": 1.8e19, "float16": 255.9, "bfloat16": 1.8e19, "float64": 1.3e154}
 _MATMUL = {
     "mm",
     "bmm",
@@ -165,6 +180,18 @@ def classify(f: OpFinding, history: History) -> Classified:
             (
                 "Skip the loss (or use reduction='sum' / a guarded mean) when no target counts; "
                 "check the masking that produced an all-ignored batch.",
+            ),
+        )
+    big = max((abs(v) for s in f.inputs for v in (s.min, s.max) if v is not None), default=0.0)
+    if (f.op in _REDUCE or f.op in _NORMS) and big > _SQRT_MAX.get(f.output_dtype, math.inf):
+        return Classified(
+            "overflow",
+            f"{where} computed statistics (squares, variances) of values up to {big:.3g}: their squares overflow "
+            f"{f.output_dtype}, and the normalization turned inf/inf into NaN — the values were already out of "
+            "range, not a 0/0",
+            (
+                "Find what made the activations this large (a learning rate too high, an unnormalized input, "
+                "a residual stream without normalization) and fix that; an eps cannot help here.",
             ),
         )
     if f.nan and not f.inf and f.op not in _MATMUL:

@@ -52,10 +52,17 @@ class Refeed:
         self.stage = Stage.HANDED_OUT
         return True
 
-    def start(self) -> None:
-        """The micro-batch that consumes the failing batch begins: same RNG, under the tracer."""
+    def lost(self) -> None:
+        """The batch handed out again was dropped unconsumed (its loader iterator ended): park it again."""
+        if self.stage is Stage.HANDED_OUT:
+            self.stage = Stage.PARKED
+
+    def start(self, module: str | None) -> None:
+        """The micro-batch that consumes the failing batch begins (its first forward, of the module named
+        ``module``, is already running): same RNG, under the tracer, which sees that forward end."""
         self.rng.restore()
         self.tracer.__enter__()
+        self.tracer.stack.append(module or "")
         self.stage = Stage.TRACING
 
     def stop(self) -> OpFinding | None:

@@ -66,6 +66,35 @@ class Recoverer:
         self._backoff_kept = False  # ...and failed again: the lower rate stays for the rest of the run
         self._lr_saved: dict[int, list[tuple[dict[str, Any], float]]] = {}
 
+    # ------------------------------------------------------------------ checkpointed state
+    _COUNTERS = (
+        "failures",
+        "consecutive",
+        "skipped",
+        "_rollbacks",
+        "_undone",
+        "_clipped",
+        "_backoff_level",
+        "_calm_since",
+        "_backoff_relaxed",
+        "_backoff_kept",
+    )
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to carry on: counters, the LR back-off, the quarantine (JSON-safe)."""
+        state: dict[str, Any] = {name.lstrip("_"): getattr(self, name) for name in self._COUNTERS}
+        state["quarantine"] = self.quarantine.state_dict() if self.quarantine is not None else None
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in self._COUNTERS:
+            if name.lstrip("_") in state:
+                setattr(self, name, type(getattr(self, name))(state[name.lstrip("_")]))
+        if state.get("quarantine") is not None:
+            if self.quarantine is None:
+                self.quarantine = Quarantine(None)
+            self.quarantine.load_state_dict(state["quarantine"])
+
     # ------------------------------------------------------------------ records
     def record(self, step: int, kind: Any, detail: str, **data: Any) -> None:
         if len(self.interventions) < _MAX_RECORDS:

@@ -108,6 +108,7 @@ class Event:
     steps: int  # optimizer steps completed
     snapshot: bool  # a snapshot is available to roll back to
     first: bool  # the run's first event
+    repeats: int = 0  # earlier failed steps with the same cause kind (and hyperparameter)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +196,11 @@ class Policy:
         if self.handler == "warn":
             return Decision(Action.CONTINUE)
         limit = "" if samples else self._limit(event)  # a failure whose samples are excluded is progress
+        if not limit and cause.kind == "invalid_hyperparameter" and event.repeats:
+            limit = (
+                f"{cause.hyperparameter or 'a hyperparameter'} broke the run again after recovery: the schedule "
+                "sets it again whatever the weights, so rolling back or skipping cannot fix it"
+            )
         if limit:
             return Decision(Action.STOP, samples, f"gave up: {limit}", gave_up=True)
         if self.handler == "rollback":

@@ -51,15 +51,7 @@ class Quarantine:
 
     def _load(self, path: Path) -> None:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if data.get("schema") != SCHEMA:
-                raise ValueError(f"schema is {data.get('schema')!r}, expected {SCHEMA!r}")
-            for entry in data["datasets"]:
-                key = (str(entry["dataset"]), entry.get("length"))
-                for s in entry["samples"]:
-                    self._samples.setdefault(key, {})[int(s["index"])] = QuarantinedSample(
-                        int(s["index"]), str(s.get("reason", "")), s.get("step")
-                    )
+            self.load_state_dict(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UsageError(
                 f"cannot read the quarantine file {path}: {exc}. It must be a {SCHEMA} file written by "
@@ -92,8 +84,23 @@ class Quarantine:
     def samples(self) -> tuple[QuarantinedSample, ...]:
         return tuple(s for per in self._samples.values() for s in sorted(per.values(), key=lambda s: s.index))
 
+    def load_state_dict(self, data: dict[str, Any]) -> None:
+        """Add the samples of a :meth:`state_dict` (a quarantine file's content) to those excluded."""
+        if data.get("schema") != SCHEMA:
+            raise ValueError(f"schema is {data.get('schema')!r}, expected {SCHEMA!r}")
+        for entry in data["datasets"]:
+            key = (str(entry["dataset"]), entry.get("length"))
+            for s in entry["samples"]:
+                self._samples.setdefault(key, {})[int(s["index"])] = QuarantinedSample(
+                    int(s["index"]), str(s.get("reason", "")), s.get("step")
+                )
+        self._cache = weakref.WeakKeyDictionary()
+
     def save(self, path: Path) -> None:
-        data = {
+        atomic_write_text(path, json.dumps(self.state_dict(), indent=1))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
             "schema": SCHEMA,
             "datasets": [
                 {
@@ -107,4 +114,3 @@ class Quarantine:
                 for (name, length), per in self._samples.items()
             ],
         }
-        atomic_write_text(path, json.dumps(data, indent=1))

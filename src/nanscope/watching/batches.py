@@ -11,7 +11,10 @@ iterator, the batches drawn and not yet consumed. At the first training forward 
    the order), or, before any consumption, of the loader whose latest draw happened with grad enabled.
 
 Validation loaders interleaved with training are never matched by a training forward, so their batches
-stay out of the training iterations.
+stay out of the training iterations. Each epoch iterates a new loader iterator: when one starts over the
+Dataset of the loader consumed from last (with grad enabled), it takes that loader's place, and what the old
+one had drawn but nobody consumed is dropped (and returned, so that a batch handed out again for a replay
+can be handed out once more).
 """
 
 from __future__ import annotations
@@ -66,19 +69,31 @@ class Ledger:
     def __init__(self) -> None:
         self._queues: collections.OrderedDict[int, deque[Drawn]] = collections.OrderedDict()
         self._last_loader: int | None = None
+        self._datasets: dict[int, Any] = {}  # the Dataset behind each tracked iterator
         self._counter = itertools.count()
 
-    def drawn(self, item: Drawn, loader: Any) -> None:
+    def drawn(self, item: Drawn, loader: Any) -> list[Drawn]:
+        """Record a drawn batch; returns the unconsumed batches of an iterator it replaces (a new epoch)."""
         key = id(loader)
+        item.order = next(self._counter)
+        item.grad_enabled = torch.is_grad_enabled()
+        dropped: list[Drawn] = []
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = deque(maxlen=_DEPTH)
+            last = self._last_loader
+            same = last is not None and item.dataset is not None and self._datasets.get(last) is item.dataset
+            if same and item.grad_enabled:
+                dropped = list(self._queues.pop(last, ()))  # type: ignore[arg-type]
+                self._datasets.pop(last, None)  # type: ignore[arg-type]
+                self._last_loader = key
             while len(self._queues) > _LOADERS:
-                self._queues.popitem(last=False)
+                gone, _ = self._queues.popitem(last=False)
+                self._datasets.pop(gone, None)
+        self._datasets[key] = item.dataset
         self._queues.move_to_end(key)
-        item.order = next(self._counter)
-        item.grad_enabled = torch.is_grad_enabled()
         queue.append(item)
+        return dropped
 
     def consume(self, args: Any, kwargs: Any) -> Drawn | None:
         """The batch a micro-batch whose first training forward got ``args``/``kwargs`` consumes."""

@@ -152,9 +152,11 @@ class Engine:
             return
         refeed = self.verdicts.refeed
         if refeed is not None and refeed.stage is Stage.HANDED_OUT and batch is refeed.batch:
-            self.ledger.drawn(Drawn(batch, refeed.index_list, source, dataset, replay=True), loader)
+            dropped = self.ledger.drawn(Drawn(batch, refeed.index_list, source, dataset, replay=True), loader)
         else:
-            self.ledger.drawn(Drawn(batch, indices, source, dataset), loader)
+            dropped = self.ledger.drawn(Drawn(batch, indices, source, dataset), loader)
+        if refeed is not None and any(d.replay for d in dropped):
+            refeed.lost()  # handed out at the end of an epoch and never consumed: hand it out again
 
     def observe_batch(self, batch: Any, indices: Any, source: str) -> None:
         """A batch the loop got elsewhere: consumed by the current micro-batch."""
@@ -192,7 +194,7 @@ class Engine:
         refeed = self.verdicts.refeed
         if refeed is not None:
             if drawn is not None and drawn.replay and refeed.stage is Stage.HANDED_OUT:
-                refeed.start()
+                refeed.start(self.naming.module(module))
             elif refeed.stage is not Stage.TRACING:
                 it.discard = True  # consumes another batch before the replayed one comes round
             return

@@ -9,6 +9,7 @@ decides; :meth:`Verdicts._act` carries the decision out.
 
 from __future__ import annotations
 
+import collections
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
@@ -54,6 +55,7 @@ class Verdicts:
         self.stopped = False
         self.ending: Ending | None = None
         self.script_clip: tuple[str, float] | None = None  # the script's own clipping, as last seen
+        self._causes: collections.Counter[tuple[str, str | None]] = collections.Counter()
 
     def clipped(self, it: Iteration, kind: str, limit: float) -> None:
         it.script_clip = self.script_clip = (kind, limit)
@@ -123,6 +125,8 @@ class Verdicts:
             self._detected(obs.step, obs.trigger)
         rec = self._recoverer
         rec.failed()
+        cause_key = (found.cause.kind, found.cause.hyperparameter)
+        self._causes[cause_key] += 1
         applied = it.done or obs.trigger == "parameters" or found.cause.kind == "nonfinite_parameters"
         snaps = rec.snapshots
         decision = self._policy.decide(
@@ -135,6 +139,7 @@ class Verdicts:
                 steps=self._step(),
                 snapshot=snaps is not None and snaps.best() is not None,
                 first=first,
+                repeats=self._causes[cause_key] - 1,
             )
         )
         self._act(decision, found, obs.step, it, first)

@@ -172,6 +172,7 @@ class Watcher:
             on_unseen_forward=self._hooks.deepen,
         )
         patches.activate(self._events)
+        _OPEN.append(self)
         try:
             self._hooks.models(list(models.values()))
             for opt in optimizers:
@@ -235,6 +236,8 @@ class Watcher:
     def _detach(self) -> None:
         self._hooks.remove()
         patches.deactivate(self._events)
+        if self in _OPEN:
+            _OPEN.remove(self)
 
     def _live(self) -> bool:
         return self._state is WatcherState.OPEN and not self._engine.triage.replaying
@@ -268,6 +271,24 @@ class Watcher:
         """
         self._guard(self._engine.observe_batch, batch, indices, source)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The recovery state a resumed run needs (policy counters, LR back-off, quarantined samples), as
+        JSON-safe values: store it in your checkpoint and hand it to :meth:`load_state_dict` on resume. The
+        framework callbacks do this for you."""
+        return {"schema": STATE_SCHEMA, "recovery": self._engine.recoverer.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if not isinstance(state, Mapping) or state.get("schema") != STATE_SCHEMA:
+            got = state.get("schema") if isinstance(state, Mapping) else type(state).__name__
+            raise UsageError(
+                f"load_state_dict() needs a {STATE_SCHEMA} dict from Watcher.state_dict(); got {got!r}. "
+                "Nothing was changed."
+            )
+        try:
+            self._engine.recoverer.load_state_dict(dict(state["recovery"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UsageError(f"load_state_dict(): the saved nanscope state is damaged ({exc!r})") from exc
+
     @property
     def step(self) -> int:
         """Index of the current iteration: ``optimizer.step()`` calls completed (the minimum over optimizers)."""
@@ -276,6 +297,15 @@ class Watcher:
     def report(self) -> Report:
         """The report as of now (healthy so far, or the diagnosis of the first non-finite value)."""
         return self._final if self._final is not None else self._engine.report()
+
+
+STATE_SCHEMA = "nanscope.state/1"
+_OPEN: list[Watcher] = []  # watchers attached now, oldest first (``nanscope run``'s is the first)
+
+
+def open_watchers() -> tuple[Watcher, ...]:
+    """The watchers attached now: an integration uses ``nanscope run``'s instead of attaching a second."""
+    return tuple(_OPEN)
 
 
 def watch(
