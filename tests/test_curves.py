@@ -158,3 +158,30 @@ def test_keras_3_console_output_is_read_too(tmp_path):
     assert curves.get("loss").values == pytest.approx((1.0, 0.8, 0.6))  # type: ignore[union-attr]
     assert curves.get("val_loss").values == pytest.approx((1.1, 0.9, 0.7))  # type: ignore[union-attr]
     assert curves.get("loss").steps == (1.0, 2.0, 3.0)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("train", "val", "lr"),
+    [
+        ("Loss/train", "Loss/val", "lr-SGD"),
+        ("train/loss", "eval/loss", "train/learning_rate"),
+        ("train_loss", "val_loss", "lr"),
+        ("loss/training", "loss/validation", "learning_rate"),
+        ("nanscope/loss", "validation_loss", "nanscope/lr"),
+    ],
+)
+def test_the_ecosystems_tag_conventions_are_understood_in_tensorboard_logs(tmp_path, train, val, lr):
+    pytest.importorskip("tensorboard", reason="needs the tensorboard package (the dev extra)")
+    from torch.utils.tensorboard import SummaryWriter
+
+    from nanscope.detect.curves import roles
+
+    writer = SummaryWriter(str(tmp_path))
+    for step in range(40):  # training falls, validation turns back up: overfitting
+        writer.add_scalar(train, 2.0 / (1 + step), step)
+        writer.add_scalar(val, 1.0 + abs(step - 15) / 15, step)
+        writer.add_scalar(lr, 0.1, step)
+    writer.close()
+    curves = read(tmp_path)
+    assert roles(curves) == {train: "train_loss", val: "val_loss", lr: "lr"}
+    assert classify(curves).verdict == "overfitting"

@@ -6,7 +6,8 @@ column pruning drops it). Options: ``--fault NAME``, ``--accumulate K`` (gradien
 ``compute_loss``, the model returns logits only), ``--collator`` (a custom data collator), ``--workers N``,
 ``--save-steps N`` (checkpoints every N steps into ``out/``), ``--eval-steps N``, ``--epochs N``,
 ``--callback`` (``nanscope.integrations.transformers.watch`` instead of zero-code, with ``--policy SPEC`` and
-``--report PATH``), ``--resume CHECKPOINT``, ``--oracle`` (print the optimizer steps done
+``--report PATH``), ``--resume CHECKPOINT``, ``--tensorboard``
+(HF's TensorBoardCallback, logging into ``out/runs``), ``--oracle`` (print the optimizer steps done
 when the first bad sample reached training_step, and the bad samples of that batch), ``--out PATH``.
 """
 
@@ -83,7 +84,7 @@ def main():
         num_train_epochs=int(option("--epochs", "1")),
         learning_rate=0.05,
         lr_scheduler_type="constant",
-        report_to=[],
+        report_to=["tensorboard"] if flag("--tensorboard") else [],
         save_strategy="steps" if save else "no",
         save_steps=int(save) if save else 500,
         eval_strategy="steps" if evals else "no",

@@ -3,7 +3,7 @@
 Runs an unmodified training script under watch: optimizers, the models they train and every DataLoader the
 script iterates are discovered. The script sees the ``sys.argv``, ``__name__ == "__main__"``, ``sys.path[0]``
 and exit code it would see under plain ``python``; nanscope writes only to stderr and the files you name
-(``--json``, ``--html``, ``--quarantine``, ``--snapshot-dir``).
+(``--json``, ``--html``, ``--quarantine``, ``--snapshot-dir``, ``--tensorboard``).
 """
 
 from __future__ import annotations
@@ -44,6 +44,14 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--quarantine",
         metavar="FILE",
         help="quarantine file: samples listed there are excluded from the start, new culprits are added",
+    )
+    parser.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="write nanscope's per-step scalars and events (nanscope/loss before any filter, nanscope/grad_norm "
+        "before clipping, nanscope/lr, failed and skipped step counts, the first non-finite, interventions) "
+        "to a TensorBoard log in DIR (DIR/nanscope when DIR already holds a run's event files); under the "
+        "Lightning and HF callbacks the framework's own writer is used instead",
     )
     parser.add_argument(
         "--snapshot-every", type=int, default=50, metavar="N", help="rollback: snapshot every N steps (50)"
@@ -168,6 +176,7 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
             track_data=not args.no_data,
             eager=args.eager,
             quarantine=args.quarantine,
+            tensorboard=args.tensorboard,
         )
     except UsageError as exc:
         return usage(str(exc))

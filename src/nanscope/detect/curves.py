@@ -23,9 +23,12 @@ __all__ = ["CurveDiagnosis", "VERDICTS", "classify", "report", "roles"]
 
 VERDICTS = ("healthy", "overfitting", "data_problem", "plateau", "diverging", "unstable", "nonfinite")
 
-_TRAIN = re.compile(r"^(.* - )?(train(ing)?[_/ ]?)?loss(_epoch|_step)?$")
-_VAL = re.compile(r"^(.* - )?(val|valid|validation|eval|test)[_/ ]?loss(_epoch)?$")
-_LR = re.compile(r"^(.* - )?(lr|learning_rate|lr-\w+|train/lr|lr/\w+)$")
+# the ecosystem's tag conventions: loss, train_loss, train/loss, Loss/train, loss/training, nanscope/loss, ...
+_TRAIN = re.compile(r"^(.* - )?(nanscope/)?((train(ing)?[_/ ]?)?loss(_epoch|_step)?|loss[_/ ]train(ing)?)$")
+_VAL = re.compile(
+    r"^(.* - )?((val|valid|validation|eval|test)[_/ ]?loss(_epoch)?|loss[_/ ](val|valid|validation|eval|test))$"
+)
+_LR = re.compile(r"^(.* - )?(nanscope/|train/)?(lr|learning_rate|lr-\w+|lr/\w+)$")
 
 _FLAT = 0.10  # a relative change below this over the run is "flat"
 _RISE = 0.10  # validation this far above its best is "rising"

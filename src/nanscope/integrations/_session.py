@@ -20,13 +20,19 @@ class Session:
         self.report: Report | None = None
         self._pending: Mapping[str, Any] | None = None  # state loaded before the fit began
 
-    def begin(self, model: Any, optimizers: Any) -> Watcher:
+    def begin(self, model: Any, optimizers: Any, tensorboard: Any = None) -> Watcher:
+        """Attach (or reuse ``nanscope run``'s watcher); ``tensorboard``: the framework's writer (or a lazy
+        source of it), used unless the options name one."""
+        tensorboard = self.options.get("tensorboard", tensorboard)
         if self.watcher is None:
             running = open_watchers()
             if running:
                 self.watcher, self.owned = running[0], False
+                if tensorboard is not None:
+                    self.watcher.log_to(tensorboard)
             else:
-                self.watcher, self.owned = Watcher(model, optimizers, **self.options), True
+                options = {**self.options, "tensorboard": tensorboard}
+                self.watcher, self.owned = Watcher(model, optimizers, **options), True
         if self._pending is not None:
             self.watcher.load_state_dict(self._pending)
             self._pending = None

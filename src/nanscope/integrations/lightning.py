@@ -9,19 +9,31 @@ inside ``optimizer.step(closure)``), gradients before Lightning's clipping, and 
 the samples. A stop raises :class:`nanscope.NonFiniteError` out of ``Trainer.fit`` before the failing update,
 so no checkpoint or validation of non-finite weights follows (Lightning's ``should_stop`` would be ignored
 before ``min_steps`` and would save ``last.ckpt``). The recovery state (policy counters, LR back-off,
-quarantined samples) is saved in Lightning checkpoints and restored on resume (``ckpt_path=``).
+quarantined samples) is saved in Lightning checkpoints and restored on resume (``ckpt_path=``). With a
+``TensorBoardLogger``, nanscope's scalars and events go into its writer under ``nanscope/``.
 
 Under ``nanscope run`` the callback reuses that run's watcher (and its options) instead of adding a second.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from nanscope.integrations._session import Session
 from nanscope.report.model import Report
 
 __all__ = ["NanscopeCallback"]
+
+
+def _writer(trainer: Any) -> Any:
+    """A lazy source of the run's TensorBoardLogger writer (``logger.experiment``), on global rank zero."""
+    if not getattr(trainer, "is_global_zero", True):
+        return None
+    for logger in getattr(trainer, "loggers", ()):
+        if type(logger).__name__ == "TensorBoardLogger":
+            return lambda: logger.experiment
+    return None
 
 
 def _bases() -> tuple[type, ...]:
@@ -58,7 +70,16 @@ class NanscopeCallback(*_bases()):  # type: ignore[misc]  # a Callback of whiche
         return self._session.report
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        self._session.begin(pl_module, list(trainer.optimizers))
+        strategy = type(getattr(trainer, "strategy", None)).__name__
+        if "DeepSpeed" in strategy:
+            warnings.warn(
+                f"nanscope: {strategy} runs the optimizer step and clipping inside DeepSpeed, past torch's "
+                "optimizer.step(): nanscope sees the loss and backward only (no update checks, no skip or "
+                "rollback)",
+                UserWarning,
+                stacklevel=2,
+            )
+        self._session.begin(pl_module, list(trainer.optimizers), tensorboard=_writer(trainer))
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         self._session.end()

@@ -15,12 +15,14 @@ out of ``trainer.train()`` before the failing update, so HF saves and evaluates 
 A callback gets no event when ``train()`` raises; :func:`watch` also wraps ``trainer.train`` so the watcher is
 closed (hooks removed, report written) however it ends. The recovery state (policy counters, LR back-off,
 quarantined samples) is saved in HF checkpoints (``trainer_state.json``) and restored on resume when
-``TrainingArguments(restore_callback_states_from_checkpoint=True)``.
+``TrainingArguments(restore_callback_states_from_checkpoint=True)``. With ``report_to="tensorboard"``,
+:func:`watch` writes nanscope's scalars and events into HF's own writer under ``nanscope/``.
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 import weakref
 from typing import Any
 
@@ -51,10 +53,11 @@ class NanscopeCallback(TrainerCallback, ExportableState):  # type: ignore[misc]
             # one the user made in this run (not those saved with the checkpoint)
             users = [cb for cb in NanscopeCallback._made if not cb._restored]
             options = dict(users[-1].options) if users else options
+        self.tensorboard: Any = users[-1].tensorboard if restored and users else None
         self.options = options
         self._restored = restored
         self.nanscope_state: dict[str, Any] | None = None  # restored by HF from a checkpoint
-        self._session = Session(options)
+        self._session = Session(options)  # tensorboard: a lazy source of HF's writer (set by watch())
         NanscopeCallback._made.add(self)
 
     @property
@@ -66,7 +69,18 @@ class NanscopeCallback(TrainerCallback, ExportableState):  # type: ignore[misc]
         self._session.end()  # a train() that raised earlier left its watcher open
         if self.nanscope_state:
             self._session.load_state_dict(self.nanscope_state)
-        self._session.begin(kwargs.get("model"), kwargs.get("optimizer"))
+        if getattr(args, "deepspeed", None):
+            warnings.warn(
+                "nanscope: under DeepSpeed the optimizer step and clipping run inside DeepSpeed, past torch's "
+                "optimizer.step(): nanscope sees the loss and backward only (no update checks, no skip or "
+                "rollback)",
+                UserWarning,
+                stacklevel=2,
+            )
+        tensorboard = (
+            self.tensorboard if state is None or getattr(state, "is_world_process_zero", True) else None
+        )
+        self._session.begin(kwargs.get("model"), kwargs.get("optimizer"), tensorboard=tensorboard)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._session.end()
@@ -84,9 +98,16 @@ def watch(trainer: Any, **options: Any) -> NanscopeCallback:
     callback = NanscopeCallback(**options)
     trainer.add_callback(callback)
     train = trainer.train
+    boards = [cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "TensorBoardCallback"]
 
     def ours() -> list[NanscopeCallback]:  # a resume may have replaced the callback by a restored one
-        return [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, NanscopeCallback)]
+        found = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, NanscopeCallback)]
+        for cb in found:
+            if boards and cb.tensorboard is None:  # HF's writer exists from its on_train_begin (before ours)
+                cb.tensorboard = lambda: getattr(boards[0], "tb_writer", None)
+        return found
+
+    ours()
 
     @functools.wraps(train)
     def watched_train(*args: Any, **kwargs: Any) -> Any:

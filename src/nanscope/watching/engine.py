@@ -16,6 +16,7 @@ accumulation); the update is discarded at ``before_update``; weights are judged 
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from nanscope.detect.diagnose import Diagnosis
+from nanscope.errors import InternalErrorWarning
 from nanscope.localize.model_call import ModelCall
 from nanscope.localize.refeed import Stage
 from nanscope.localize.replay import RngState
@@ -31,6 +33,7 @@ from nanscope.recover.actions import LiveState, Recoverer, discard_update
 from nanscope.recover.policy import Policy
 from nanscope.recover.snapshot import State
 from nanscope.report.model import Report
+from nanscope.report.tensorboard import TensorBoardSink
 from nanscope.watching import patches
 from nanscope.watching.batches import Drawn, Ledger
 from nanscope.watching.checks import StepChecks, Trip
@@ -66,6 +69,7 @@ class Engine:
         on_unseen_forward: Callable[[], None],
     ) -> None:
         self.policy = policy
+        self.tensorboard: TensorBoardSink | None = None
         self._track_data = track_data
         self._step_fn = step_fn
         self._discover = discover
@@ -355,6 +359,56 @@ class Engine:
         if not it.failed:
             self.recoverer.settled(it.step, it.grad_norm, it.clip_threshold)
             self.early.update(it.step, it.mean_loss, it.grad_norm)
+        if self.tensorboard is not None:
+            self._log_step(it)
+
+    def close_log(self) -> None:
+        """At the end: the failing iteration a stop left unfinished, and the events not yet written."""
+        if self.tensorboard is None:
+            return
+        it = self.log.current
+        if it.failed and not it.settled:
+            self._log_step(it)
+        elif self.verdicts.diagnosis is not None and not self.tensorboard.wrote_first:
+            self._log_step(it, values=False)
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
+
+    def _log_step(self, it: Iteration, values: bool = True) -> None:
+        """The settled step's values and the run's new events, to TensorBoard (a failing writer is dropped
+        with a warning; watching goes on)."""
+        sink, rec = self.tensorboard, self.recoverer
+        assert sink is not None
+        try:
+            sink.step(
+                it.step,
+                {}
+                if not values
+                else {
+                    "loss": it.mean_loss,
+                    "grad_norm": it.grad_norm,
+                    "lr": it.lr,
+                    "failed_steps": rec.failures,
+                    "skipped_steps": rec.skipped,
+                },
+            )
+            found = self.verdicts.diagnosis
+            sink.events(
+                it.step,
+                first=self.report().headline() if found is not None and not sink.wrote_first else None,
+                interventions=[f"step {i.step}: {i.kind} - {i.detail}" for i in rec.interventions],
+                warnings=[
+                    f"{w.series} spike at step {w.step}: {w.value:.4g} against a running level of "
+                    f"{w.baseline:.4g} (score {w.score:.1f})"
+                    for w in self.early.records(None)
+                ],
+            )
+        except Exception as exc:  # the log is a convenience: it never stops the watching
+            self.tensorboard = None
+            warnings.warn(
+                f"nanscope stopped writing TensorBoard logs: {exc!r}", InternalErrorWarning, stacklevel=2
+            )
 
     # ------------------------------------------------------------------ the slow path
     @property

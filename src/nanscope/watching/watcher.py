@@ -27,6 +27,7 @@ from nanscope.errors import InternalErrorWarning, NonFiniteError, UsageError
 from nanscope.recover.policy import Policy, make_policy
 from nanscope.report import json as report_json
 from nanscope.report.model import Report
+from nanscope.report.tensorboard import TensorBoardSink, is_rank_zero, own_writer
 from nanscope.watching import patches
 from nanscope.watching.discovery import normalize_models
 from nanscope.watching.engine import Engine
@@ -110,7 +111,9 @@ class Watcher:
     JSON report there. ``step_fn(batch)`` runs forward, loss and backward for one batch (no optimizer step):
     with it, a NaN whose cause is not in the data, weights or hyperparameters is localized by replaying the
     failing step under op tracing at once; without it, the script's own loop replays it (one more iteration).
-    ``quarantine`` is a file of samples to exclude (and where new culprits are added).
+    ``quarantine`` is a file of samples to exclude (and where new culprits are added). ``tensorboard`` (a log
+    directory, or the framework's ``SummaryWriter``) receives nanscope's per-step scalars and events under
+    ``nanscope/`` (:mod:`nanscope.report.tensorboard`).
     """
 
     def __init__(
@@ -125,6 +128,7 @@ class Watcher:
         eager: bool = False,
         step_fn: Callable[[Any], object] | None = None,
         quarantine: str | None = None,
+        tensorboard: Any = None,
     ) -> None:
         problems = []
         chosen: Policy | None = None
@@ -150,6 +154,11 @@ class Watcher:
             problems.append(
                 f"model must be an nn.Module, a list of them or a dict; got {type(model).__name__}"
             )
+        sink: TensorBoardSink | None = None
+        try:
+            sink = _sink(tensorboard)
+        except UsageError as exc:
+            problems.append(str(exc))
         if problems or chosen is None:
             raise UsageError("nanscope.watch(): " + "; ".join(problems))
         self._state = WatcherState.OPEN
@@ -171,6 +180,7 @@ class Watcher:
             on_new_models=self._hooks.models,
             on_unseen_forward=self._hooks.deepen,
         )
+        self._engine.tensorboard = sink
         patches.activate(self._events)
         _OPEN.append(self)
         try:
@@ -224,6 +234,7 @@ class Watcher:
                 with contextlib.suppress(NonFiniteError):  # closing reports; it does not raise for the policy
                     engine.verdicts.abandon_refeed()
                 self._guard(engine.reader.flush)
+                self._guard(engine.close_log)
         finally:
             self._detach()
             self._state = WatcherState.CLOSED
@@ -233,7 +244,17 @@ class Watcher:
                 report_json.write(self._final, self._report_path)
         return self._final
 
+    def log_to(self, tensorboard: Any) -> None:
+        """Write nanscope's scalars and events to TensorBoard from now on (see :class:`Watcher`'s
+        ``tensorboard``); a writer already in use is kept."""
+        if self._engine.tensorboard is None:
+            self._engine.tensorboard = _sink(tensorboard)
+
     def _detach(self) -> None:
+        sink, self._engine.tensorboard = self._engine.tensorboard, None
+        if sink is not None:
+            with contextlib.suppress(Exception):
+                sink.close()
         self._hooks.remove()
         patches.deactivate(self._events)
         if self in _OPEN:
@@ -297,6 +318,22 @@ class Watcher:
     def report(self) -> Report:
         """The report as of now (healthy so far, or the diagnosis of the first non-finite value)."""
         return self._final if self._final is not None else self._engine.report()
+
+
+def _sink(tensorboard: Any) -> TensorBoardSink | None:
+    """A writer object (``add_scalar``/``add_text``: the framework's) is used as it is; a directory gets
+    nanscope's own writer. Off on every rank but global rank zero."""
+    if tensorboard is None or not is_rank_zero():
+        return None
+    if hasattr(tensorboard, "add_scalar") and hasattr(tensorboard, "add_text"):
+        return TensorBoardSink(lambda: tensorboard, owned=False)
+    if callable(tensorboard):  # a lazy source of the framework's writer (it may not exist yet)
+        return TensorBoardSink(tensorboard, owned=False)
+    if isinstance(tensorboard, (str, os.PathLike)):
+        return TensorBoardSink(own_writer(tensorboard), owned=True)
+    raise UsageError(
+        f"tensorboard must be a log directory or a SummaryWriter-like object; got {type(tensorboard).__name__}"
+    )
 
 
 STATE_SCHEMA = "nanscope.state/1"
