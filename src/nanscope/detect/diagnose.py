@@ -118,6 +118,8 @@ def _input_cause(obs: Observation, bad: list[BatchScan]) -> tuple[FirstNonFinite
 
 LR_JUMP = 100.0  # one step's lr at least this many times the step before's: a schedule jump, not a warm-up
 LR_JUMP_WINDOW = 3  # ... within this many completed steps before the failing one
+# kinds an lr jump explains: whatever op broke on the weights it blew up
+_JUMP_EXPLAINS = ("overflow", "domain_error", "gradient_explosion", "undetermined", "singular_gradient")
 
 
 def lr_jump(history: History) -> tuple[int, float, float] | None:
@@ -166,9 +168,6 @@ def _schedule_jump(found: Diagnosis, obs: Observation) -> Diagnosis:
         f"Clip gradients: {clip_hint(obs.history, obs.script_clip)}.",
     )
     return replace(found, cause=cause, suggestions=advice)
-
-
-_JUMP_EXPLAINS = ("overflow", "domain_error", "gradient_explosion", "undetermined", "singular_gradient")
 
 
 def diagnose(obs: Observation) -> Diagnosis:

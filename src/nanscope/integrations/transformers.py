@@ -48,16 +48,17 @@ class NanscopeCallback(TrainerCallback, ExportableState):  # type: ignore[misc]
     _restored: bool
 
     def __init__(self, *, restored: bool = False, **options: Any) -> None:
+        self.tensorboard: Any = None  # a lazy source of HF's TensorBoardCallback writer (set by watch())
         if restored:
-            # HF's resume replaces the callback with ``type(cb)(**state["args"])``: take the options of the
-            # one the user made in this run (not those saved with the checkpoint)
+            # HF's resume replaces the callback with ``type(cb)(**state["args"])``: take the options (and the
+            # writer) of the one the user made in this run, not those saved with the checkpoint
             users = [cb for cb in NanscopeCallback._made if not cb._restored]
-            options = dict(users[-1].options) if users else options
-        self.tensorboard: Any = users[-1].tensorboard if restored and users else None
+            if users:
+                options, self.tensorboard = dict(users[-1].options), users[-1].tensorboard
         self.options = options
         self._restored = restored
         self.nanscope_state: dict[str, Any] | None = None  # restored by HF from a checkpoint
-        self._session = Session(options)  # tensorboard: a lazy source of HF's writer (set by watch())
+        self._session = Session(options)
         NanscopeCallback._made.add(self)
 
     @property
@@ -96,18 +97,14 @@ def watch(trainer: Any, **options: Any) -> NanscopeCallback:
     """Add a :class:`NanscopeCallback` to ``trainer`` and make ``trainer.train`` close its watcher however it
     ends (a stop raises :class:`nanscope.NonFiniteError` out of ``train()``)."""
     callback = NanscopeCallback(**options)
+    boards = [cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "TensorBoardCallback"]
+    if boards:  # HF's writer exists from its on_train_begin, which runs before ours
+        callback.tensorboard = lambda: getattr(boards[0], "tb_writer", None)
     trainer.add_callback(callback)
     train = trainer.train
-    boards = [cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "TensorBoardCallback"]
 
     def ours() -> list[NanscopeCallback]:  # a resume may have replaced the callback by a restored one
-        found = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, NanscopeCallback)]
-        for cb in found:
-            if boards and cb.tensorboard is None:  # HF's writer exists from its on_train_begin (before ours)
-                cb.tensorboard = lambda: getattr(boards[0], "tb_writer", None)
-        return found
-
-    ours()
+        return [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, NanscopeCallback)]
 
     @functools.wraps(train)
     def watched_train(*args: Any, **kwargs: Any) -> Any:

@@ -98,8 +98,8 @@ def classify(f: OpFinding, history: History) -> Classified:
     where = _where(f)
     grow = growth(history)
     explode = exploding(history)
+    big = max((abs(v) for s in f.inputs for v in (s.min, s.max) if v is not None), default=0.0)
     if f.phase == "backward":
-        big = max((abs(v) for s in f.inputs for v in (s.min, s.max) if v is not None), default=0.0)
         if big > 1e30 or explode:
             kind = "gradient_explosion" if explode else "overflow"
             return Classified(
@@ -182,7 +182,6 @@ def classify(f: OpFinding, history: History) -> Classified:
                 "check the masking that produced an all-ignored batch.",
             ),
         )
-    big = max((abs(v) for s in f.inputs for v in (s.min, s.max) if v is not None), default=0.0)
     if (f.op in _REDUCE or f.op in _NORMS) and big > _SQRT_MAX.get(f.output_dtype, math.inf):
         return Classified(
             "overflow",

@@ -17,11 +17,13 @@ zero writes.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from nanscope.errors import UsageError
+from nanscope.report.model import EarlyWarning, Intervention
+from nanscope.report.text import early_warning_line, intervention_line
 
 __all__ = ["TensorBoardSink", "is_rank_zero", "own_writer"]
 
@@ -90,18 +92,29 @@ class TensorBoardSink:
             if value is not None:
                 writer.add_scalar(f"nanscope/{name}", float(value), step)
 
-    def events(self, step: int, *, first: str | None, interventions: list[str], warnings: list[str]) -> None:
-        """New events since the last call (``first``: the headline, written once)."""
+    def events(
+        self,
+        step: int,
+        *,
+        first: str | None,
+        interventions: Sequence[Intervention],
+        warnings: Sequence[EarlyWarning],
+    ) -> None:
+        """The run's events so far (each sequence whole, as the run keeps it); only those not written yet are
+        written. ``first``: the headline of the first non-finite, written once."""
         writer = self._get()
         if writer is None:
             return
         if first is not None and not self._first:
             self._first = True
             writer.add_text("nanscope/first_nonfinite", first, step)
-        for tag, items in (("nanscope/interventions", interventions), ("nanscope/early_warnings", warnings)):
-            for text in items[self._events[tag] :]:
-                writer.add_text(tag, text, step)
-            self._events[tag] = max(self._events[tag], len(items))
+        done = self._events
+        for i in interventions[done["nanscope/interventions"] :]:
+            writer.add_text("nanscope/interventions", intervention_line(i), step)
+        for w in warnings[done["nanscope/early_warnings"] :]:
+            writer.add_text("nanscope/early_warnings", early_warning_line(w), step)
+        done["nanscope/interventions"] = max(done["nanscope/interventions"], len(interventions))
+        done["nanscope/early_warnings"] = max(done["nanscope/early_warnings"], len(warnings))
 
     def close(self) -> None:
         writer, self._writer = self._writer, None

@@ -6,9 +6,9 @@ import math
 import sys
 from typing import IO
 
-from nanscope.report.model import Report
+from nanscope.report.model import EarlyWarning, Intervention, Report
 
-__all__ = ["print_report", "render_text"]
+__all__ = ["early_warning_line", "intervention_line", "print_report", "render_text"]
 
 
 def _fmt(value: float | None) -> str:
@@ -17,6 +17,20 @@ def _fmt(value: float | None) -> str:
     if not math.isfinite(value):
         return str(value)
     return f"{value:.4g}"
+
+
+def early_warning_line(w: EarlyWarning) -> str:
+    label = "loss" if w.series == "loss" else "grad norm"
+    after = f"; non-finite {w.nonfinite_after} steps later" if w.nonfinite_after is not None else ""
+    layers = f"; rising fastest: {', '.join(w.layers)}" if w.layers else ""
+    return (
+        f"early warning: {label} spike at step {w.step}: {_fmt(w.value)} against {_fmt(w.baseline)} "
+        f"(x{w.value / w.baseline:.3g}){after}{layers}"
+    )
+
+
+def intervention_line(i: Intervention) -> str:
+    return f"step {i.step}: {i.kind} - {i.detail}"
 
 
 def _lines(report: Report) -> list[tuple[str, str]]:
@@ -65,20 +79,11 @@ def _lines(report: Report) -> list[tuple[str, str]]:
             ("yellow", f"non-finite again at steps {steps} (policy {report.policy}: training went on)")
         )
     for w in report.early_warnings[:5]:
-        label = "loss" if w.series == "loss" else "grad norm"
-        after = f"; non-finite {w.nonfinite_after} steps later" if w.nonfinite_after is not None else ""
-        layers = f"; rising fastest: {', '.join(w.layers)}" if w.layers else ""
-        out.append(
-            (
-                "yellow",
-                f"early warning: {label} spike at step {w.step}: {_fmt(w.value)} against {_fmt(w.baseline)} "
-                f"(x{w.value / w.baseline:.3g}){after}{layers}",
-            )
-        )
+        out.append(("yellow", early_warning_line(w)))
     if report.interventions:
         out.append(("bold", f"what nanscope did (policy {report.policy}):"))
         for i in report.interventions[:12]:
-            out.append(("", f"  step {i.step}: {i.kind} - {i.detail}"))
+            out.append(("", "  " + intervention_line(i)))
         if len(report.interventions) > 12:
             out.append(("dim", f"  ... {len(report.interventions) - 12} more in the JSON report"))
     outcome = report.outcome

@@ -82,10 +82,10 @@ class Ledger:
         if queue is None:
             queue = self._queues[key] = deque(maxlen=_DEPTH)
             last = self._last_loader
-            same = last is not None and item.dataset is not None and self._datasets.get(last) is item.dataset
-            if same and item.grad_enabled:
-                dropped = list(self._queues.pop(last, ()))  # type: ignore[arg-type]
-                self._datasets.pop(last, None)  # type: ignore[arg-type]
+            next_epoch = item.grad_enabled and item.dataset is not None  # of the training loader?
+            if last is not None and next_epoch and self._datasets.get(last) is item.dataset:
+                dropped = list(self._queues.pop(last, ()))
+                self._datasets.pop(last, None)
                 self._last_loader = key
             while len(self._queues) > _LOADERS:
                 gone, _ = self._queues.popitem(last=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from nanscope.detect.spikes import SpikeDetector, rising_layers
@@ -38,6 +38,11 @@ class EarlyWarnings:
             spike = self._spikes[series].update(value)
             if spike is not None:
                 self._spiked(step, series, spike.value, spike.baseline, spike.score)
+
+    @property
+    def items(self) -> Sequence[EarlyWarning]:
+        """The spikes as recorded (no link to a non-finite step), without a copy."""
+        return self._records
 
     def records(self, first_nonfinite: int | None) -> tuple[EarlyWarning, ...]:
         """The spikes, each linked to the first non-finite step when that followed within 1000 steps."""

@@ -360,49 +360,42 @@ class Engine:
             self.recoverer.settled(it.step, it.grad_norm, it.clip_threshold)
             self.early.update(it.step, it.mean_loss, it.grad_norm)
         if self.tensorboard is not None:
-            self._log_step(it)
+            self._log(it)
 
     def close_log(self) -> None:
         """At the end: the failing iteration a stop left unfinished, and the events not yet written."""
-        if self.tensorboard is None:
+        sink = self.tensorboard
+        if sink is None:
             return
         it = self.log.current
-        if it.failed and not it.settled:
-            self._log_step(it)
-        elif self.verdicts.diagnosis is not None and not self.tensorboard.wrote_first:
-            self._log_step(it, values=False)
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-            self.tensorboard = None
+        self._log(it, values=it.failed and not it.settled)
+        sink.close()
+        self.tensorboard = None
 
-    def _log_step(self, it: Iteration, values: bool = True) -> None:
-        """The settled step's values and the run's new events, to TensorBoard (a failing writer is dropped
-        with a warning; watching goes on)."""
+    def _log(self, it: Iteration, *, values: bool = True) -> None:
+        """``it``'s values (with ``values``) and the run's new events, to TensorBoard; a failing writer is
+        dropped with a warning, the watching goes on."""
         sink, rec = self.tensorboard, self.recoverer
-        assert sink is not None
+        if sink is None:
+            return
         try:
-            sink.step(
-                it.step,
-                {}
-                if not values
-                else {
-                    "loss": it.mean_loss,
-                    "grad_norm": it.grad_norm,
-                    "lr": it.lr,
-                    "failed_steps": rec.failures,
-                    "skipped_steps": rec.skipped,
-                },
-            )
-            found = self.verdicts.diagnosis
+            if values:
+                sink.step(
+                    it.step,
+                    {
+                        "loss": it.mean_loss,
+                        "grad_norm": it.grad_norm,
+                        "lr": it.lr,
+                        "failed_steps": rec.failures,
+                        "skipped_steps": rec.skipped,
+                    },
+                )
+            headline = self.verdicts.diagnosis is not None and not sink.wrote_first
             sink.events(
                 it.step,
-                first=self.report().headline() if found is not None and not sink.wrote_first else None,
-                interventions=[f"step {i.step}: {i.kind} - {i.detail}" for i in rec.interventions],
-                warnings=[
-                    f"{w.series} spike at step {w.step}: {w.value:.4g} against a running level of "
-                    f"{w.baseline:.4g} (score {w.score:.1f})"
-                    for w in self.early.records(None)
-                ],
+                first=self.report().headline() if headline else None,
+                interventions=rec.interventions,
+                warnings=self.early.items,
             )
         except Exception as exc:  # the log is a convenience: it never stops the watching
             self.tensorboard = None
