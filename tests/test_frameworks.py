@@ -72,6 +72,16 @@ def _first_bad_batch(fault: str) -> tuple[int, tuple[int, ...]]:
     raise AssertionError(fault)
 
 
+def _shuffled_expect(fault: str, args: tuple[str, ...]) -> tuple[int, tuple[int, ...] | None]:
+    """The expected failing step and samples of a shuffled-loader job (Lightning, accelerate) run with
+    ``args``: the bad batch's position over the micro-batches per step; the LR fault breaks after its jump."""
+    if not BAD[fault]:
+        return LR_JUMP_STEP + 1, None
+    accumulate = int(args[args.index("--accumulate") + 1]) if "--accumulate" in args else 1
+    position, hit = _first_bad_batch(fault)
+    return position // accumulate, hit
+
+
 def _hf_oracle(tmp_path: Path, fault: str, *args: str) -> tuple[int, tuple[int, ...]]:
     """The HF Trainer's own order (its seeded sampler), from a plain run: the optimizer steps done when a bad
     sample first reached ``training_step``, and the bad samples of that batch (matched by value)."""
@@ -108,9 +118,7 @@ LIGHTNING = [
 def test_lightning_zero_code(tmp_path, fault, args):
     code, stderr, report = _run(tmp_path, "lightning_job.py", "--fault", fault, *args)
     assert code == 3, stderr
-    accumulate = int(args[args.index("--accumulate") + 1]) if "--accumulate" in args else 1
-    position, hit = _first_bad_batch(fault) if BAD[fault] else (LR_JUMP_STEP + 1, None)
-    _check(report, fault, position // accumulate, hit, module="net")
+    _check(report, fault, *_shuffled_expect(fault, args), module="net")
     if "--clip" in args and "--manual" not in args:
         assert [e.data["limit"] for e in report.cause.evidence if e.label == "script clips"] == [1.0]
 
@@ -139,9 +147,7 @@ ACCELERATE = [("dirty", ("--accumulate", "2")), ("log_zero", ()), ("sqrt", ()), 
 def test_accelerate_zero_code(tmp_path, fault, args):
     code, stderr, report = _run(tmp_path, "accelerate_job.py", "--fault", fault, *args)
     assert code == 3, stderr
-    accumulate = int(args[args.index("--accumulate") + 1]) if "--accumulate" in args else 1
-    position, hit = _first_bad_batch(fault) if BAD[fault] else (LR_JUMP_STEP + 1, None)
-    _check(report, fault, position // accumulate, hit, module=None)
+    _check(report, fault, *_shuffled_expect(fault, args), module=None)
     assert [e.data["limit"] for e in report.cause.evidence if e.label == "script clips"] == [1.0]
 
 
@@ -252,10 +258,7 @@ def test_the_explicit_callback_gives_the_zero_code_report(tmp_path, job, module)
     result = _python(tmp_path, str(FRAMEWORKS / job), "--fault", "sqrt", "--callback", "--report", "r.json")
     assert result.returncode == 1 and "nanscope.errors.NonFiniteError" in result.stderr, result.stderr
     report = loads((tmp_path / "r.json").read_text())
-    if job == "hf_job.py":
-        step, samples = _hf_oracle(tmp_path, "sqrt")
-    else:
-        step, samples = _first_bad_batch("sqrt")
+    step, samples = _hf_oracle(tmp_path, "sqrt") if job == "hf_job.py" else _shuffled_expect("sqrt", ())
     _check(report, "sqrt", step, samples, module=module)
 
 
@@ -284,11 +287,13 @@ def test_the_callback_state_travels_in_the_framework_checkpoint(tmp_path, job, s
     assert resumed.outcome.quarantined == (42,) and resumed.outcome.failed_steps == 1
 
 
-def test_the_callback_works_with_the_standalone_pytorch_lightning_package(tmp_path):
+def test_the_callback_works_with_the_standalone_pytorch_lightning_package_and_leaves_nothing(tmp_path):
     pytest.importorskip("pytorch_lightning")
     result = _python(tmp_path, str(FRAMEWORKS / "pytorch_lightning_callback.py"))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == f"caught nonfinite_input [42] step {42 // BATCH} True"
+    caught, left = result.stdout.strip().splitlines()[-2:]
+    assert caught == f"caught nonfinite_input [42] step {42 // BATCH} True"
+    assert left == "left behind: []"  # every hook and patch removed when the fit raised
 
 
 def test_accelerate_launch_runs_nanscope_run_as_a_module(tmp_path):
@@ -306,8 +311,7 @@ def test_accelerate_launch_runs_nanscope_run_as_a_module(tmp_path):
     # accelerate's launcher reports the child's exit 3 as its own failure (CalledProcessError, exit 1)
     assert result.returncode != 0 and "returned non-zero exit status 3" in result.stderr, result.stderr
     report = loads((tmp_path / "r.json").read_text())
-    step, samples = _first_bad_batch("sqrt")
-    _check(report, "sqrt", step, samples, module=None)
+    _check(report, "sqrt", *_shuffled_expect("sqrt", ()), module=None)
 
 
 def _scalars(directory: Path) -> tuple[list[Path], dict[str, list[tuple[int, float]]], dict[str, list[str]]]:
