@@ -5,6 +5,7 @@ bitwise identical. Each run is a fresh process under a timeout; the jobs and the
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -19,6 +20,14 @@ from nanscope.report.json import loads
 FRAMEWORKS = Path(__file__).parent / "frameworks"
 sys.path.insert(0, str(FRAMEWORKS))
 from _faults import BATCH, LR_JUMP_STEP, SEED, N  # noqa: E402
+
+# the CPU index here serves a CUDA-only torchvision whose import breaks `import lightning`, which would turn
+# the skips below into a silent skip of every framework test: fail the collection instead
+if importlib.util.find_spec("torchvision") is not None:
+    raise RuntimeError(
+        "torchvision is installed in this environment: uninstall it (pip uninstall torchvision); nanscope's dev "
+        "extras never need it, and the CPU index's build breaks `import lightning`"
+    )
 
 pytest.importorskip("lightning")
 pytest.importorskip("transformers")
