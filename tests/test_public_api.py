@@ -19,7 +19,7 @@ LAYERS = [
     ("watching",),
     ("cli", "demo", "integrations"),
 ]
-SHARED = {"errors", "_atomic", "_tree"}  # leaf helpers every layer may use
+SHARED = {"errors", "_atomic", "_rank", "_tree"}  # leaf helpers every layer may use
 
 
 def test_public_api_is_exactly_all():

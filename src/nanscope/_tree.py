@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["iter_tensors"]
+__all__ = ["iter_tensors", "local_part"]
 
 
 def iter_tensors(obj: Any, path: str = "batch", _depth: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
@@ -30,3 +30,14 @@ def iter_tensors(obj: Any, path: str = "batch", _depth: int = 0) -> Iterator[tup
     elif is_dataclass(obj) and not isinstance(obj, type):
         for f in fields(obj):
             yield from iter_tensors(getattr(obj, f.name), f"{path}.{f.name}", _depth + 1)
+
+
+def local_part(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a ``DTensor`` (FSDP2, tensor parallel), else ``t`` itself. Checks read the local
+    part: a reduction of a DTensor is a collective, and a collective on one rank alone hangs."""
+    to_local = getattr(t, "to_local", None)
+    return t if to_local is None or not _is_dtensor(t) else to_local()
+
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    return any(c.__name__ == "DTensor" for c in type(t).__mro__)

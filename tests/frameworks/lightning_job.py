@@ -4,7 +4,7 @@ Options: ``--fault NAME``, ``--accumulate K`` (accumulate_grad_batches), ``--cli
 ``--manual`` (manual optimization: manual_backward, clip_gradients, opt.step), ``--precision P`` (e.g.
 bf16-mixed), ``--workers N``, ``--checkpoints DIR`` (ModelCheckpoint every step with save_last),
 ``--min-steps N``, ``--epochs N``, ``--callback`` (the explicit NanscopeCallback instead of zero-code, with
-``--policy SPEC`` and ``--report PATH``), ``--resume CKPT``, ``--tensorboard`` (a TensorBoardLogger in ``tb/``), ``--out PATH``.
+``--policy SPEC`` and ``--report PATH``), ``--resume CKPT``, ``--devices N`` (``strategy="ddp"`` when N > 1), ``--tensorboard`` (a TensorBoardLogger in ``tb/``), ``--out PATH``.
 """
 
 import lightning as L
@@ -72,6 +72,8 @@ def main():
         max_epochs=int(option("--epochs", "1")),
         min_steps=int(option("--min-steps", "-1")),
         accelerator="cpu",
+        devices=int(option("--devices", "1")),
+        strategy="ddp" if int(option("--devices", "1")) > 1 else "auto",
         logger=L.pytorch.loggers.TensorBoardLogger(save_dir="tb") if flag("--tensorboard") else False,
         callbacks=callbacks,
         enable_checkpointing=bool(option("--checkpoints")),

@@ -9,6 +9,7 @@ and exit code it would see under plain ``python``; nanscope writes only to stder
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import runpy
 import sys
@@ -23,6 +24,8 @@ from nanscope.errors import NonFiniteError, UsageError
 from nanscope.recover.policy import HANDLERS, MEASURES
 
 __all__ = ["add_parser", "execute", "main"]
+
+_EXIT_WATCHDOG_S = 20.0  # after an agreed distributed stop, the longest a hanging teardown may hold the exit
 
 
 def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -119,9 +122,9 @@ def _script_frames(tb: TracebackType | None, target: str | None) -> TracebackTyp
 
 
 def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
+    from nanscope.cli import relaunch
     from nanscope.report.json import write
     from nanscope.report.text import print_report
-    from nanscope.watching.watcher import Watcher
 
     def usage(message: str) -> int:
         if parser is not None:
@@ -132,6 +135,14 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
     if not args.target:
         return usage(
             "give a script to run (nanscope run train.py [args]) or a module (nanscope run -m pkg.mod)"
+        )
+    launcher = _launcher(args.target, args.module)
+    if launcher is not None:
+        return usage(
+            f"{launcher} starts the training processes itself, so nanscope would watch only the launcher: put "
+            f"nanscope inside it, e.g. `torchrun --nproc_per_node N -m nanscope run [options] train.py [args]`, "
+            "`torchrun --no-python nanscope run [options] train.py`, or `accelerate launch -m nanscope run "
+            "[options] train.py`"
         )
     args.script = None if args.module else args.target
     args.module = args.target if args.module else None
@@ -160,26 +171,13 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
 
     saved_argv, saved_path0 = sys.argv[:], sys.path[0] if sys.path else None
     code = 0
+    options = relaunch.Options.of(args)
     try:
-        from nanscope.recover.policy import RollbackOptions, make_policy
-
-        if args.snapshot_every < 1:
-            raise UsageError(f"--snapshot-every must be >= 1, got {args.snapshot_every}")
-        policy = make_policy(
-            args.policy, rollback=RollbackOptions(every=args.snapshot_every, directory=args.snapshot_dir)
-        )
-        watcher = Watcher(
-            None,
-            None,
-            policy=policy,
-            history=args.history,
-            track_data=not args.no_data,
-            eager=args.eager,
-            quarantine=args.quarantine,
-            tensorboard=args.tensorboard,
-        )
+        watcher = options.watcher(tensorboard=args.tensorboard)
     except UsageError as exc:
         return usage(str(exc))
+    saved_env = os.environ.get(relaunch.ENV)
+    os.environ[relaunch.ENV] = options.to_env()  # ranks the script launches itself are watched too
     try:
         if args.module:
             sys.argv = [args.module, *args.args]
@@ -194,6 +192,8 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
             runpy.run_path(args.script, run_name="__main__")
     except NonFiniteError:
         code = EXIT_NONFINITE
+        if _distributed():
+            _finish_before_terminating()
     except SystemExit as exc:
         if exc.code is None or isinstance(exc.code, int):
             code = exc.code or 0
@@ -212,12 +212,23 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
         sys.argv = saved_argv
         if saved_path0 is not None:
             sys.path[0] = saved_path0
+        if saved_env is None:
+            os.environ.pop(relaunch.ENV, None)
+        else:
+            os.environ[relaunch.ENV] = saved_env
     try:
         report = watcher.close()
     except NonFiniteError as exc:  # a lazily read device value tripped while closing
         report = exc.report
     if watcher.stopped:
         code = EXIT_NONFINITE
+    rank, world = report.environment.get("rank", 0), report.environment.get("world_size", 1)
+    if world > 1 and watcher.stopped:
+        _leave_together(report, rank)
+    if rank != 0:  # global rank 0 writes the run's files and prints the report; the others a line each
+        if not args.quiet:
+            print(f"nanscope (rank {rank} of {world}): {report.headline()}", file=sys.stderr)
+        return code
     if args.json:
         write(report, args.json)
     if args.html:
@@ -239,6 +250,67 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
             if path:
                 print(f"nanscope: report written to {path}", file=sys.stderr)
     return code
+
+
+def _leave_together(report: Any, rank: int) -> None:
+    """Every rank stopped at the same agreed step and exits 3. Its error record (``$TORCHELASTIC_ERROR_FILE``,
+    as ``@record`` writes it) carries nanscope's message, the culprit rank's one a second earlier, so that the
+    agent's "Root Cause" is the culprit. A watchdog exits if teardown hangs (an ``atexit``
+    ``destroy_process_group`` waiting on a peer, as under NCCL)."""
+    import json
+    import threading
+    import time
+
+    def exit_now() -> None:
+        sys.stderr.flush()
+        os._exit(EXIT_NONFINITE)
+
+    _finish_before_terminating()
+    watchdog = threading.Timer(_EXIT_WATCHDOG_S, exit_now)
+    watchdog.daemon = True
+    watchdog.start()
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        culprit = report.cause is not None and report.cause.rank == rank
+        record = {
+            "message": {
+                "message": f"NonFiniteError: {report.headline()}",
+                "extraInfo": {
+                    "py_callstack": f"NonFiniteError: {report.headline()}\n(nanscope stopped every rank at "
+                    "this step; the report is on rank 0)",
+                    "timestamp": str(int(time.time()) - (1 if culprit else 0)),
+                },
+            }
+        }
+        with contextlib.suppress(OSError):
+            Path(path).write_text(json.dumps(record))
+
+
+_LAUNCHERS = {"torchrun", "accelerate", "deepspeed", "torch.distributed.run", "torch.distributed.launch"}
+
+
+def _launcher(target: str, module: bool) -> str | None:
+    """The launcher ``target`` names (a command or a module that spawns the ranks), or None."""
+    name = target if module else os.path.basename(target)
+    if name in _LAUNCHERS or (module and name.split(".")[0] in ("accelerate", "deepspeed")):
+        return f"`{target}`"
+    return None
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _finish_before_terminating() -> None:
+    """After an agreed stop, torchrun's agent terminates the other ranks as soon as the first one exits: from
+    now on SIGTERM is ignored, so that each rank writes its report and exits 3 itself (the agent's SIGKILL
+    after its grace period, and the watchdog of :func:`_leave_together`, still bound the wait)."""
+    import signal
+
+    with contextlib.suppress(ValueError):  # not the main thread: no handler
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _print_script_error(exc: BaseException, target: str | None) -> None:

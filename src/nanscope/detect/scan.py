@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from nanscope._tree import iter_tensors
+from nanscope._tree import iter_tensors, local_part
 from nanscope.localize.samples import flat_indices
 
 __all__ = [
@@ -89,7 +89,7 @@ def nonfinite_names(named: Iterable[tuple[str, torch.Tensor | None]]) -> list[st
     for name, tensor in named:
         if tensor is None or not (tensor.is_floating_point() or tensor.is_complex()):
             continue
-        if not bool(torch.isfinite(tensor.detach()).all()):
+        if not bool(torch.isfinite(local_part(tensor).detach()).all()):
             bad.append(name)
     return bad
 

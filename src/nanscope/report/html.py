@@ -92,6 +92,9 @@ def run_page(report: Report) -> str:
         )
     if cause is not None:
         rows = [("kind", cause.kind), ("phase", cause.phase)]
+        if report.ranks:
+            rank = "every rank (global)" if cause.rank is None else str(cause.rank)
+            rows.append(("rank", f"{rank} of {len(report.ranks)}"))
         rows += [(k, v) for k, v in (("module", cause.module), ("op", cause.op)) if v]
         rows += [
             (k, v) for k, v in (("parameter", cause.parameter), ("hyperparameter", cause.hyperparameter)) if v
@@ -109,6 +112,18 @@ def run_page(report: Report) -> str:
             body.append("</table>")
         if cause.evidence:
             body.append("<h2>Evidence</h2>" + _list([f"{e.label}: {e.detail}" for e in cause.evidence]))
+    if report.ranks:
+        body.append(
+            '<h2>Ranks</h2><table id="ranks"><tr><th>rank</th><th>culprit</th><th>saw first</th>'
+            "<th>its loss</th><th>its own cause</th><th>samples</th></tr>"
+        )
+        for r in report.ranks:
+            seen = "-" if r.where is None else f"{r.where} at step {r.step}"
+            loss = {True: "finite", False: "non-finite", None: "-"}[r.loss_finite]
+            samples = ", ".join(map(str, r.samples[:50])) if r.samples else "-"
+            cells = (r.rank, "yes" if r.culprit else "", seen, loss, r.kind or "-", samples)
+            body.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+        body.append("</table>")
     hist = report.history
     if hist.step:
         series = [("loss", hist.loss), ("grad norm", hist.grad_norm), ("learning rate", hist.lr)]

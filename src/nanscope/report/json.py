@@ -25,6 +25,7 @@ from nanscope.report.model import (
     History,
     Intervention,
     Outcome,
+    RankSummary,
     Report,
 )
 
@@ -106,6 +107,7 @@ def loads(text: str) -> Report:
                 Evidence(e["label"], e["detail"], _restore(e.get("data", {})))
                 for e in cause.get("evidence", [])
             ),
+            rank=cause.get("rank"),
         ),
         suggestions=tuple(data.get("suggestions", ())),
         history=History(
@@ -140,6 +142,10 @@ def loads(text: str) -> Report:
         watched_steps=data.get("watched_steps", 0),
         scaler_skipped_steps=data.get("scaler_skipped_steps", 0),
         ending=None if data.get("ending") is None else Ending(**data["ending"]),
+        ranks=tuple(
+            RankSummary(**{**r, "samples": None if r.get("samples") is None else tuple(r["samples"])})
+            for r in data.get("ranks", ())
+        ),
     )
 
 

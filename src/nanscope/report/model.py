@@ -72,6 +72,9 @@ class Cause:
     hyperparameter: str | None = None
     samples: tuple[int, ...] | None = None
     evidence: tuple[Evidence, ...] = ()
+    rank: int | None = (
+        None  # distributed: the culprit rank (the first, if several); None when global or single
+    )
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -180,6 +183,25 @@ class Ending:
 
 
 @dataclass(frozen=True, slots=True)
+class RankSummary:
+    """One rank of a distributed run, as the ranks agreed on the failure.
+
+    ``culprit``: its own loss, batch, weights or unreduced gradients showed the fault while some other rank's
+    did not. ``step`` / ``where``: what its own checks saw first (``None``: nothing). ``kind`` and ``samples``
+    (dataset indices) come from its own evidence, where that evidence is its own (not received through the
+    gradient reduction).
+    """
+
+    rank: int
+    culprit: bool
+    step: int | None
+    where: Where | None
+    loss_finite: bool | None
+    kind: str | None = None
+    samples: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Report:
     """Everything nanscope concluded about one watched run."""
 
@@ -199,6 +221,7 @@ class Report:
     watched_steps: int = 0  # iterations nanscope watched to their end
     scaler_skipped_steps: int = 0  # iterations a GradScaler ended without an update (Inf/NaN gradients)
     ending: Ending | None = None  # the script's own exception or an interrupt, when the run ended in one
+    ranks: tuple[RankSummary, ...] = ()  # distributed runs with a failure: every rank's part
     schema: str = SCHEMA
 
     def __post_init__(self) -> None:
@@ -217,5 +240,9 @@ class Report:
             return f"healthy: {self.watched_steps} steps watched, no NaN/Inf{end}"
         first = self.first_nonfinite
         kind = f" ({self.cause.kind})" if self.cause else ""
+        if self.cause is not None and self.cause.rank is not None:
+            kind = f" on rank {self.cause.rank}{kind}"
+        elif self.ranks:
+            kind = f" on every rank of {len(self.ranks)}{kind}"
         summary = f": {self.cause.summary}" if self.cause else ""
         return f"non-finite {first.where} at step {first.step}{kind}{summary}"

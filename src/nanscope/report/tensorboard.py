@@ -25,18 +25,7 @@ from nanscope.errors import UsageError
 from nanscope.report.model import EarlyWarning, Intervention
 from nanscope.report.text import early_warning_line, intervention_line
 
-__all__ = ["TensorBoardSink", "is_rank_zero", "own_writer"]
-
-
-def is_rank_zero() -> bool:
-    try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank() == 0
-    except (ImportError, RuntimeError):
-        pass
-    return os.environ.get("RANK", "0") == "0"
+__all__ = ["TensorBoardSink", "own_writer"]
 
 
 def _check_writer_available() -> None:

@@ -42,7 +42,12 @@ def _lines(report: Report) -> list[tuple[str, str]]:
     elif first is None:
         out.append(("bold green", f"healthy - {report.steps} steps watched, no NaN/Inf seen"))
     else:
-        out.append(("bold red", f"non-finite {first.where} at step {first.step}"))
+        where = ""
+        if report.ranks:
+            world = len(report.ranks)
+            rank = None if cause is None else cause.rank
+            where = f" on rank {rank} of {world}" if rank is not None else f" on every rank of {world}"
+        out.append(("bold red", f"non-finite {first.where} at step {first.step}{where}"))
         shown = ", ".join(first.names[:8]) + (
             f" (+{len(first.names) - 8} more)" if len(first.names) > 8 else ""
         )
@@ -64,6 +69,15 @@ def _lines(report: Report) -> list[tuple[str, str]]:
             out.append(("bold", f"  dataset samples: {shown}{more}"))
         for ev in cause.evidence:
             out.append(("dim", f"  - {ev.label}: {ev.detail}"))
+    for r in report.ranks:
+        seen = "nothing non-finite" if r.where is None else f"non-finite {r.where} at step {r.step}"
+        own = f", {r.kind}" if r.kind else ""
+        samples = f", samples {', '.join(map(str, r.samples[:10]))}" if r.samples else ""
+        loss = {True: "finite", False: "non-finite", None: "-"}[r.loss_finite]
+        role = "culprit" if r.culprit else "rank"
+        out.append(
+            ("bold" if r.culprit else "dim", f"  {role} {r.rank}: {seen}{own}{samples} (its loss {loss})")
+        )
     if report.ending is not None:
         out.append(("bold yellow", f"run ended early: {report.ending.text()}"))
     if report.scaler_skipped_steps:

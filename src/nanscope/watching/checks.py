@@ -60,6 +60,11 @@ class StepChecks:
         #: per-tensor grad norms of the last reads (references only): which layers grew fastest
         self.layer_norms: deque[LayerNorms] = deque(maxlen=_LAYER_WINDOW)
 
+    @property
+    def sharded(self) -> bool:
+        """The gradients are read as local shards (FSDP2 DTensors): their norms are this rank's part."""
+        return self._prober.sharded
+
     def models_changed(self) -> None:
         self._buffers = None
 

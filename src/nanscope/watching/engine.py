@@ -40,6 +40,7 @@ from nanscope.watching.checks import StepChecks, Trip
 from nanscope.watching.discovery import Naming, find_roots, graph_parameters
 from nanscope.watching.early_warning import EarlyWarnings
 from nanscope.watching.events import MISSING
+from nanscope.watching.ranks import Ranks
 from nanscope.watching.reader import DeviceReader
 from nanscope.watching.reporting import build_report
 from nanscope.watching.run_log import RunLog
@@ -94,6 +95,7 @@ class Engine:
         )
         self.recoverer = Recoverer(policy, quarantine, self._live_state)
         self.early = EarlyWarnings(lambda: [self.checks.named_norms(e) for e in self.checks.layer_norms])
+        self.ranks = Ranks()
         self.verdicts = Verdicts(
             policy=policy,
             log=self.log,
@@ -102,6 +104,9 @@ class Engine:
             step=self.step,
             report=self.report,
             report_path=report_path,
+            ranks=self.ranks,
+            agreeing=lambda: bool(self.watched) and self.ranks.active,
+            models=lambda: self.naming.models.values(),
         )
         self._discarding: set[int] = set()  # optimizers whose coming update is discarded
         self._state = LiveState()
@@ -212,7 +217,7 @@ class Engine:
                         (b, b.detach().clone()) for _, b in self.naming.buffers(floating_only=False)
                     ]
             self.checks.buffers(it)
-        if self._replayable():
+        if self._replayable() and not it.failed:  # (failed: a trip waits for the ranks' agreement)
             it.rng = RngState.capture()  # so that this micro-batch can be replayed exactly
             # a batch from elsewhere cannot be handed out again: keep the model call to re-run it alone
             it.model_call = (
@@ -288,21 +293,22 @@ class Engine:
             if self.verdicts.refeed is not None or it.discard:
                 return
         self.reader.poll()
-        if it.discard or self.recoverer.rollback_due:
-            self._discard(w)
-            if self.recoverer.rollback_due:
-                self.recoverer.roll_back(self.step())
-            return
         params = w.params()
-        self.checks.before_update(it, w, opt)
-        fused_scaler = (
-            getattr(opt, "found_inf", None) is not None or getattr(opt, "grad_scale", None) is not None
-        )
-        if (it.scaled and not fused_scaler) or it.backwards == 0:
-            # unscaled by now (a GradScaler steps only on finite gradients), or no backward() was seen
-            self.checks.gradients(it, 2 * w.index, w, params)
-        if self.verdicts.refeed is not None or it.discard:  # a check above tripped: the update must not run
-            self._discard(w)
+        due = self.recoverer.rollback_due  # decided earlier: carried out now (one decided below waits)
+        if not (it.discard or due):
+            self.checks.before_update(it, w, opt)
+            fused_scaler = (
+                getattr(opt, "found_inf", None) is not None or getattr(opt, "grad_scale", None) is not None
+            )
+            if (it.scaled and not fused_scaler) or it.backwards == 0:
+                # unscaled by now (a GradScaler steps only on finite gradients), or no backward() was seen
+                self.checks.gradients(it, 2 * w.index, w, params)
+        if w.index == 0 and self.ranks.active:  # every rank, every step
+            self._agree(it)
+        if self.verdicts.refeed is not None or it.discard or due:
+            self._discard(w)  # a check above tripped, or an earlier decision: the update must not run
+            if due:
+                self.recoverer.roll_back(self.step())
             return
         self.recoverer.first_snapshot(self.step())
         factor = self.recoverer.back_off(opt)
@@ -311,6 +317,16 @@ class Engine:
         limit = self.recoverer.clip(params, w.readings)
         if limit is not None:
             it.clip_threshold = limit
+
+    def _agree(self, it: Iteration) -> None:
+        """Every rank, every step, at the first optimizer's update: whether any rank saw a non-finite value
+        (then all settle it together), and under FSDP2 the world's gradient norm from the local shards'."""
+        sharded = self.checks.sharded
+        bad, world_sq = self.ranks.agree(self.verdicts.pending is not None, it.grad_sq if sharded else None)
+        if sharded and world_sq is not None:
+            it.grad_sq = world_sq
+        if bad:
+            self.verdicts.agree(it)
 
     def _discard(self, w: WatchedOptimizer) -> None:
         discard_update(w.params())
@@ -431,4 +447,5 @@ class Engine:
             models=self.naming.models.values(),
             policy=self.policy,
             steps=self.step(),
+            ranks=self.ranks,
         )

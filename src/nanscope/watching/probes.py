@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
+from nanscope._tree import local_part
+
 __all__ = ["Plan", "Prober", "Reading"]
 
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -104,9 +106,10 @@ class Plan:
     """How to probe one list of tensors: which kernels read which tensors, per device."""
 
     devices: tuple[_DevicePlan, ...]
+    sharded: bool = False  # the tensors are DTensors: probe their local shards
 
     @staticmethod
-    def make(tensors: Sequence[torch.Tensor]) -> Plan:
+    def make(tensors: Sequence[torch.Tensor], sharded: bool = False) -> Plan:
         by_device: dict[torch.device, dict[tuple[torch.dtype, tuple[int, ...]], list[int]]] = {}
         for i, t in enumerate(tensors):
             if t.dtype in _FLOATS:
@@ -137,7 +140,7 @@ class Plan:
                     norms=sum(map(len, groups)) + sum(len(r.positions) for r in rows),
                 )
             )
-        return Plan(tuple(plans))
+        return Plan(tuple(plans), sharded)
 
     @torch.no_grad()
     def probe(self, tensors: Sequence[torch.Tensor], squares: bool) -> list[Reading]:
@@ -176,13 +179,15 @@ class Prober:
     def __init__(self, size: int = 8) -> None:
         self._plans: dict[int, tuple[tuple[torch.Tensor, ...], Plan]] = {}
         self._size = size
+        self.sharded = False  # the last probe read DTensor shards
 
     def _plan(self, key: int, owners: Sequence[torch.Tensor], tensors: Sequence[torch.Tensor]) -> Plan:
         owned = tuple(owners)
         cached = self._plans.get(key)
         if cached is not None and cached[0] == owned:
             return cached[1]
-        plan = Plan.make(tensors)
+        sharded = any(local_part(t) is not t for t in tensors)
+        plan = Plan.make([local_part(t) for t in tensors] if sharded else tensors, sharded)
         if len(self._plans) >= self._size:
             self._plans.pop(next(iter(self._plans)))
         self._plans[key] = (owned, plan)
@@ -201,9 +206,12 @@ class Prober:
         for the history), otherwise values that are only checked for finiteness.
         """
         plan = self._plan(key, owners, tensors)
+        self.sharded = plan.sharded
+        if plan.sharded:  # DTensors (FSDP2): this rank's shards; their reductions would be collectives
+            tensors = [local_part(t) for t in tensors]
         try:
             return plan.probe(tensors, squares)
         except (RuntimeError, IndexError):
-            plan = Plan.make(tensors)
+            plan = Plan.make(tensors, plan.sharded)
             self._plans[key] = (tuple(owners), plan)
             return plan.probe(tensors, squares)

@@ -11,6 +11,7 @@ from nanscope.recover.policy import Policy
 from nanscope.report.model import Report
 from nanscope.watching.early_warning import EarlyWarnings
 from nanscope.watching.environment import environment
+from nanscope.watching.ranks import Ranks
 from nanscope.watching.run_log import RunLog
 from nanscope.watching.verdicts import Verdicts
 
@@ -26,6 +27,7 @@ def build_report(
     models: Iterable[nn.Module],
     policy: Policy,
     steps: int,
+    ranks: Ranks,
 ) -> Report:
     found = verdicts.diagnosis
     current = log.current
@@ -37,7 +39,7 @@ def build_report(
         cause=None if found is None else found.cause,
         suggestions=() if found is None else found.suggestions,
         history=log.history(),
-        environment=environment(models),
+        environment={**environment(models), "world_size": ranks.world, "rank": ranks.rank},
         policy=policy.name,
         steps=steps,
         detections=tuple(verdicts.detections.items),
@@ -48,4 +50,5 @@ def build_report(
         watched_steps=watched,
         scaler_skipped_steps=log.scaler_skipped,
         ending=verdicts.ending,
+        ranks=verdicts.rank_summaries,
     )

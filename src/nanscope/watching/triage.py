@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from nanscope._tree import local_part
 from nanscope.detect.diagnose import Observation
 from nanscope.detect.scan import BadHyperparameter, nonfinite_hyperparameters, nonfinite_names, scan_batch
 from nanscope.localize.refeed import Refeed
@@ -24,6 +25,7 @@ from nanscope.localize.samples import batch_rows, culprit_samples
 from nanscope.localize.trace import OpFinding, OpTracer
 from nanscope.recover.policy import Policy
 from nanscope.report.model import Evidence, History
+from nanscope.watching.batches import Drawn
 from nanscope.watching.checks import LayerNorms, StepChecks, Trip
 from nanscope.watching.discovery import Naming
 from nanscope.watching.state import Iteration, WatchedOptimizer
@@ -138,6 +140,16 @@ class Triage:
         return None
 
     # ------------------------------------------------------------------ replays
+    def can_replay_in_loop(self, it: Iteration, current: bool) -> bool:
+        """Whether the loop itself could run ``it``'s last micro-batch again (its batch came from a loader)."""
+        return (
+            self._step_fn is None
+            and it.model_call is None
+            and bool(it.batches)
+            and it.batches[-1].dataset is not None
+            and self.replay_note(it, current) is None
+        )
+
     def can_refeed(self, it: Iteration, obs: Observation) -> bool:
         return (
             self._step_fn is None
@@ -152,8 +164,9 @@ class Triage:
             and obs.replay_note is None
         )
 
-    def plan_refeed(self, it: Iteration, obs: Observation) -> Refeed:
-        drawn = it.batches[-1]
+    def plan_refeed(self, it: Iteration, obs: Observation, drawn: Drawn | None = None) -> Refeed:
+        """The in-loop replay of ``it``'s failing micro-batch: ``drawn`` (default: its last batch)."""
+        drawn = drawn or it.batches[-1]
         index_list, size = batch_rows(drawn.batch, drawn.indices)
         assert it.rng is not None
         return Refeed(
@@ -272,7 +285,7 @@ class Triage:
                 name = self._naming.param(p, f"optimizer[{watched.index}].params[{i}]")
                 if name not in wanted or len(notes) >= 5:
                     continue
-                mask = ~torch.isfinite(p.detach())
+                mask = ~torch.isfinite(local_part(p).detach())
                 state_bits = []
                 for key, value in opt.state.get(p, {}).items():
                     if (
@@ -280,7 +293,7 @@ class Triage:
                         and value.shape == p.shape
                         and value.is_floating_point()
                     ):
-                        sel = value.detach()[mask]
+                        sel = local_part(value).detach()[mask]
                         if sel.numel():
                             state_bits.append(
                                 f"{key} in [{float(sel.min()):.3g}, {float(sel.max()):.3g}] "

@@ -10,24 +10,41 @@ decides; :meth:`Verdicts._act` carries the decision out.
 from __future__ import annotations
 
 import collections
+import math
 import warnings
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 
+from torch import nn
+
+from nanscope._rank import is_rank_zero
 from nanscope.detect.diagnose import Diagnosis, Observation, diagnose
 from nanscope.errors import NonFiniteError, NonFiniteWarning
 from nanscope.localize.refeed import Refeed, Stage
 from nanscope.recover.actions import Recoverer
 from nanscope.recover.policy import Action, Decision, Event, Policy
 from nanscope.report import json as report_json
-from nanscope.report.model import Detection, Ending, Report, Where
+from nanscope.report.model import Detection, Ending, Evidence, RankSummary, Report, Where
+from nanscope.watching.batches import Drawn
 from nanscope.watching.checks import Trip
+from nanscope.watching.ranks import RankNote, Ranks, Settlement, settle
 from nanscope.watching.run_log import Capped, RunLog
 from nanscope.watching.stack import user_stacklevel
 from nanscope.watching.state import Iteration
 from nanscope.watching.triage import Triage
 
 __all__ = ["Verdicts"]
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A trip of this rank waiting for the step's agreement (distributed)."""
+
+    iteration: Iteration
+    observation: Observation | None
+    replay: bool  # the run still replays to find ops (no diagnosis yet, or the policy diagnoses every event)
+    drawn: Drawn | None  # the failing micro-batch's batch (later micro-batches of the step come after it)
+    unsynced: bool  # gradient synchronisation was off (no_sync): the gradients it saw are this rank's own
 
 
 class Verdicts:
@@ -41,6 +58,9 @@ class Verdicts:
         step: Callable[[], int],
         report: Callable[[], Report],
         report_path: str | None,
+        ranks: Ranks,
+        agreeing: Callable[[], bool],
+        models: Callable[[], Iterable[nn.Module]],
     ) -> None:
         self._policy = policy
         self._log = log
@@ -56,6 +76,13 @@ class Verdicts:
         self.ending: Ending | None = None
         self.script_clip: tuple[str, float] | None = None  # the script's own clipping, as last seen
         self._causes: collections.Counter[tuple[str, str | None]] = collections.Counter()
+        # distributed (see nanscope.watching.ranks): trips wait for the step's agreement
+        self._ranks = ranks
+        self._agreeing = agreeing
+        self._models = models
+        self.pending: Pending | None = None
+        self._replaying: list[RankNote] | None = None  # the notes that sent every rank into a replay
+        self.rank_summaries: tuple[RankSummary, ...] = ()
 
     def clipped(self, it: Iteration, kind: str, limit: float) -> None:
         it.script_clip = self.script_clip = (kind, limit)
@@ -81,6 +108,11 @@ class Verdicts:
         it.failed = True
         replay = self.diagnosis is None or self._policy.diagnoses_every_event
         obs = self._triage.observe(it, trip, current=it is self._log.current, replay=replay)
+        if self._agreeing():  # acted on at the step's agreement, by every rank together
+            if self.pending is None:
+                local = self._ranks.gradients_unsynced(self._models())
+                self.pending = Pending(it, obs, replay, it.batches[-1] if it.batches else None, local)
+            return
         if replay and self._triage.can_refeed(it, obs):
             self.refeed = self._triage.plan_refeed(it, obs)
             return
@@ -89,7 +121,55 @@ class Verdicts:
     def finish_refeed(self) -> None:
         refeed, self.refeed = self.refeed, None
         assert refeed is not None
-        self._conclude(self._triage.finish_refeed(refeed), self._log.current)
+        obs = self._triage.finish_refeed(refeed)
+        notes, self._replaying = self._replaying, None
+        if notes is None:
+            self._conclude(obs, self._log.current)
+            return
+        self._ranks.resync()
+        mine = replace(notes[self._ranks.rank], observation=obs, replay_found=obs.op is not None)
+        notes = self._ranks.gather(mine)
+        self._agreed(notes, settle(notes, replayed=True), self._log.current)
+
+    # ------------------------------------------------------------------ distributed agreement
+    def agree(self, current: Iteration) -> None:
+        """Some rank saw a non-finite value (the step's agreement said so, on every rank at the same point):
+        all of them settle it together (see :mod:`nanscope.watching.ranks`)."""
+        pending = self.pending or Pending(current, None, self.diagnosis is None, None, False)
+        self.pending = None
+        it, obs = pending.iteration, pending.observation
+        notes = self._ranks.gather(self._note(pending, current))
+        settlement = settle(notes)
+        if settlement.replay:  # every rank runs its own failing micro-batch again, gradients kept local
+            lead = notes[settlement.lead].observation
+            base = obs if obs is not None else lead
+            assert base is not None
+            self.refeed = self._triage.plan_refeed(it, base, pending.drawn)
+            self._replaying = notes
+            self._ranks.unsync(self._models())
+            current.failed = True
+            return
+        self._agreed(notes, settlement, current)
+
+    def _note(self, pending: Pending, current: Iteration) -> RankNote:
+        it, obs, replay = pending.iteration, pending.observation, pending.replay
+        losses = it.losses
+        return RankNote(
+            rank=self._ranks.rank,
+            tripped=obs is not None,
+            observation=obs,
+            local=obs is not None and (pending.unsynced or _rank_local(obs)),
+            loss_finite=all(math.isfinite(v) for v in losses) if losses else None,
+            wants_replay=obs is not None and replay and self._triage.can_refeed(it, obs),
+            can_replay=replay and self._triage.can_replay_in_loop(it, it is current),
+            applied=it.done or (obs is not None and obs.trigger == "parameters"),
+        )
+
+    def _agreed(self, notes: list[RankNote], settlement: Settlement, current: Iteration) -> None:
+        lead = notes[settlement.lead]
+        assert lead.observation is not None
+        self.rank_summaries = _summaries(notes, settlement)
+        self._conclude(lead.observation, current, done=lead.applied, settlement=settlement)
 
     def abandon_refeed(self) -> None:
         """The loop ended before the failing batch came round again: conclude without the replay."""
@@ -113,11 +193,20 @@ class Verdicts:
         if step not in seen:
             self.detections.add(Detection(step, where))
 
-    def _conclude(self, obs: Observation, it: Iteration) -> None:
+    def _conclude(
+        self,
+        obs: Observation,
+        it: Iteration,
+        *,
+        done: bool | None = None,
+        settlement: Settlement | None = None,
+    ) -> None:
         clip = it.script_clip or self.script_clip
         if obs.script_clip is None and clip is not None:
             obs = replace(obs, script_clip=clip)  # the script clips after backward, where the trip was
         found = diagnose(obs)
+        if settlement is not None:
+            found = _attributed(found, settlement, self._ranks.world)
         first = self.diagnosis is None
         if first:
             self.diagnosis = found
@@ -127,7 +216,8 @@ class Verdicts:
         rec.failed()
         cause_key = (found.cause.kind, found.cause.hyperparameter)
         self._causes[cause_key] += 1
-        applied = it.done or obs.trigger == "parameters" or found.cause.kind == "nonfinite_parameters"
+        applied = (it.done if done is None else done) or obs.trigger == "parameters"
+        applied = applied or found.cause.kind == "nonfinite_parameters"
         snaps = rec.snapshots
         decision = self._policy.decide(
             Event(
@@ -154,7 +244,7 @@ class Verdicts:
                 rec.give_up(step, decision.reason, gave_up=decision.gave_up)
             self.stopped = True
             report = self._report()
-            if self._report_path:
+            if self._report_path and is_rank_zero():
                 report_json.write(report, self._report_path)
             raise NonFiniteError(report)
         if decision.action is Action.SKIP:
@@ -174,3 +264,49 @@ class Verdicts:
         if datasets:
             reason = f"{found.cause.kind} at step {step}: {found.cause.summary}"[:300]
             self._recoverer.quarantine_samples(datasets[-1], samples, reason, step, found.cause.kind)
+
+
+def _rank_local(obs: Observation) -> bool:
+    """Whether a rank's observation is its own: the loss (never reduced), its batch, weights, hyperparameters.
+    Gradients are not: after DDP's all-reduce every rank holds the same ones."""
+    own_state = bool(obs.hyperparameters or obs.parameters_before)
+    dirty = any(not scan.clean for scan in obs.batches)
+    return obs.trigger != "gradients" or own_state or dirty
+
+
+def _attributed(found: Diagnosis, settlement: Settlement, world: int) -> Diagnosis:
+    culprits = settlement.culprits
+    if culprits is None:
+        detail = (
+            f"every rank of {world} showed it on its own state: a fault of the whole job, not of one rank"
+        )
+        cause = replace(found.cause, rank=None, evidence=(*found.cause.evidence, Evidence("ranks", detail)))
+        return replace(found, cause=cause)
+    named = ", ".join(str(r) for r in culprits)
+    others = [r for r in range(world) if r not in culprits]
+    detail = (
+        f"rank(s) {named} of {world} saw it on their own loss, batch or gradients before the reduction"
+        + (f"; rank(s) {', '.join(map(str, others))} only through it" if others else "")
+    )
+    evidence = (*found.cause.evidence, Evidence("ranks", detail, {"culprits": list(culprits)}))
+    return replace(found, cause=replace(found.cause, rank=culprits[0], evidence=evidence))
+
+
+def _summaries(notes: list[RankNote], settlement: Settlement) -> tuple[RankSummary, ...]:
+    culprits = settlement.culprits or ()
+    out = []
+    for n in notes:
+        obs = n.observation if n.tripped else None
+        own = diagnose(obs) if obs is not None and (n.local or n.rank in culprits) else None
+        out.append(
+            RankSummary(
+                rank=n.rank,
+                culprit=n.rank in culprits,
+                step=None if obs is None else obs.step,
+                where=None if obs is None else obs.trigger,
+                loss_finite=n.loss_finite,
+                kind=None if own is None else own.cause.kind,
+                samples=None if own is None else own.cause.samples,
+            )
+        )
+    return tuple(out)

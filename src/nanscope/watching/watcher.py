@@ -23,11 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from nanscope._rank import is_rank_zero
 from nanscope.errors import InternalErrorWarning, NonFiniteError, UsageError
 from nanscope.recover.policy import Policy, make_policy
 from nanscope.report import json as report_json
 from nanscope.report.model import Report
-from nanscope.report.tensorboard import TensorBoardSink, is_rank_zero, own_writer
+from nanscope.report.tensorboard import TensorBoardSink, own_writer
 from nanscope.watching import patches
 from nanscope.watching.discovery import normalize_models
 from nanscope.watching.engine import Engine

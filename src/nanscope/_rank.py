@@ -1,0 +1,19 @@
+"""Which process of a distributed job this is: only global rank 0 writes the run's files."""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["is_rank_zero"]
+
+
+def is_rank_zero() -> bool:
+    """Global rank 0 of an initialized process group, else ``$RANK`` (set by torchrun) is ``0`` or unset."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank() == 0
+    except (ImportError, RuntimeError):
+        pass
+    return os.environ.get("RANK", "0") == "0"
