@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["is_rank_zero"]
+__all__ = ["distributed_rank", "is_rank_zero"]
 
 
 def is_rank_zero() -> bool:
@@ -17,3 +17,15 @@ def is_rank_zero() -> bool:
     except (ImportError, RuntimeError):
         pass
     return os.environ.get("RANK", "0") == "0"
+
+
+def distributed_rank() -> int | None:
+    """This process's global rank in a process group of more than one rank, else ``None``."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            return dist.get_rank()
+    except (ImportError, RuntimeError):
+        pass
+    return None

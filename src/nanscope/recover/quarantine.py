@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nanscope._atomic import atomic_write_text
+from nanscope._rank import is_rank_zero
 from nanscope.errors import UsageError
 
 __all__ = ["Quarantine", "QuarantinedSample"]
@@ -77,7 +78,7 @@ class Quarantine:
             known[i] = QuarantinedSample(i, reason, step)
         if new:
             self._cache = weakref.WeakKeyDictionary()
-            if self.path is not None:
+            if self.path is not None and is_rank_zero():  # the ranks quarantine together: rank 0 writes
                 self.save(self.path)
         return new
 

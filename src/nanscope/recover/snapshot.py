@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from nanscope._atomic import atomic_write
+from nanscope._rank import distributed_rank
 from nanscope.recover.policy import RollbackOptions
 
 __all__ = ["Snapshot", "Snapshots", "State"]
@@ -130,9 +131,9 @@ class Snapshots:
 
     def _write(self, step: int, payload: dict[str, Any]) -> Path:
         directory = Path(self.options.directory or ".")
-        return atomic_write(
-            directory / f"nanscope-snapshot-{step:09d}.pt", lambda fh: torch.save(payload, fh)
-        )
+        rank = distributed_rank()  # each rank its own files: RNG states and FSDP2 shards differ per rank
+        name = f"nanscope-snapshot-{step:09d}" + ("" if rank is None else f".rank{rank}") + ".pt"
+        return atomic_write(directory / name, lambda fh: torch.save(payload, fh))
 
     def _rotate(self) -> None:
         newest_good = self.newest_good()

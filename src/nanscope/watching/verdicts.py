@@ -151,6 +151,13 @@ class Verdicts:
             return
         self._agreed(notes, settlement, current)
 
+    def conclude_alone(self) -> None:
+        """A trip no agreement settled because the run ended first (a value read at close): concluded on this
+        rank alone, without naming a culprit rank."""
+        pending, self.pending = self.pending, None
+        if pending is not None and pending.observation is not None:
+            self._conclude(pending.observation, pending.iteration)
+
     def _note(self, pending: Pending, current: Iteration) -> RankNote:
         it, obs, replay = pending.iteration, pending.observation, pending.replay
         losses = it.losses

@@ -235,13 +235,15 @@ class Watcher:
                 with contextlib.suppress(NonFiniteError):  # closing reports; it does not raise for the policy
                     engine.verdicts.abandon_refeed()
                 self._guard(engine.reader.flush)
+                with contextlib.suppress(NonFiniteError):
+                    engine.verdicts.conclude_alone()
                 self._guard(engine.close_log)
         finally:
             self._detach()
             self._state = WatcherState.CLOSED
             self._final = engine.report()
             engine.recoverer.close()
-            if self._report_path:
+            if self._report_path and is_rank_zero():
                 report_json.write(self._final, self._report_path)
         return self._final
 
