@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 pytestmark = pytest.mark.distributed
 
@@ -96,7 +96,7 @@ def _seed_placing(sample: int, rank: int) -> int:
     return next(s for s in range(1, 50) if _placement(sample, seed=s, batch=BATCH // WORLD)[0] == rank)
 
 
-def _check_stopped_together(launch: Launch, culprit: int | None) -> None:
+def _check_stopped_together(launch: Launch, culprit: int | None, *, timed: bool = True) -> None:
     assert launch.exit_codes == dict.fromkeys(range(WORLD), 3), (launch.exit_codes, launch.out[-3000:])
     for rank in range(WORLD):  # the same message on every rank, naming the culprit
         said = [line for line in launch.lines(rank) if "non-finite" in line]
@@ -105,7 +105,8 @@ def _check_stopped_together(launch: Launch, culprit: int | None) -> None:
         assert any(named in line for line in said), said
     if culprit is not None:
         assert launch.root_cause_rank() == culprit, launch.out[-2000:]
-    assert launch.seconds_after_last_step is not None and launch.seconds_after_last_step < 20
+    if timed:  # the job stamps each step: from the last one begun to the launcher's exit
+        assert launch.seconds_after_last_step is not None and launch.seconds_after_last_step < 20
 
 
 def _cause(launch: Launch) -> dict:
@@ -212,6 +213,17 @@ def test_lightning_ddp_under_torchrun_and_relaunched_by_lightning(tmp_path):
     assert f"nanscope (rank 1 of 2): non-finite inputs at step {step} on rank {rank}" in relaunched.stderr
 
 
+def test_accelerate_loop_under_torchrun(tmp_path):
+    # accelerate shards the shuffled loader batch by batch: batch b goes to rank b % WORLD as its step b // WORLD
+    order = DataLoader(range(N), batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(1))
+    position = next(b for b, rows in enumerate(order) if 42 in rows.tolist())
+    launch = _torchrun(tmp_path, HERE / "frameworks" / "accelerate_job.py", "--fault", "dirty")
+    cause = _cause(launch)
+    assert (cause["kind"], cause["samples"], cause["rank"]) == ("nonfinite_input", [42], position % WORLD)
+    assert launch.report["first_nonfinite"]["step"] == position // WORLD
+    _check_stopped_together(launch, culprit=position % WORLD, timed=False)
+
+
 def _weights(tmp_path: Path, prefix: str) -> list[dict[str, torch.Tensor]]:
     return [torch.load(tmp_path / f"{prefix}.rank{r}.pt") for r in range(WORLD)]
 
@@ -263,6 +275,30 @@ def test_recovery_acts_on_every_rank_in_lockstep(tmp_path, policy):
     else:  # the batch explains it: quarantined and skipped at the first failure; later epochs never draw it
         assert kinds == ["quarantine", "skip"]
         assert launch.report["outcome"]["quarantined"] == [42]
+
+
+def test_rollback_restores_the_same_snapshot_on_every_rank_then_gives_up_together(tmp_path):
+    # the schedule multiplies the LR by 1e9 from step 4 on every rank: a rollback (with LR back-off) cannot
+    # outlast a schedule that sets the LR again, so the policy gives up at the next failure
+    launch = _torchrun(
+        tmp_path,
+        DDP_JOB,
+        "--fault",
+        "lr",
+        "--epochs",
+        "2",
+        "--out",
+        "w",
+        options=("--json", "r.json", "--policy", "rollback", "--snapshot-every", "2"),
+    )
+    kinds = [i["kind"] for i in launch.report["interventions"]]
+    assert kinds == ["rollback", "give_up"], launch.report["interventions"]
+    assert launch.report["interventions"][0]["data"]["to_step"] == 2
+    assert launch.report["cause"]["rank"] is None
+    _check_stopped_together(launch, culprit=None)
+    first, second = _weights(tmp_path, "w")
+    assert _identical(first, second)  # stopped before the failing update, the same on both ranks
+    assert all(bool(torch.isfinite(v).all()) for v in first.values())
 
 
 def test_nanscope_run_of_a_launcher_says_the_right_form(tmp_path):

@@ -3,7 +3,7 @@
 ``fully_shard`` with ``--fsdp``), SGD with momentum and a LambdaLR per step.
 
 Options: ``--fault NAME`` (``_faults.FAULTS``), ``--seed S`` (the sampler's), ``--accumulate K`` (micro-batches under ``no_sync`` but the
-last), ``--epochs N``, ``--out PREFIX`` (each rank saves its final weights to ``PREFIX.rankR.pt``).
+last), ``--epochs N``, ``--out PREFIX`` (each rank saves its final weights to ``PREFIX.rankR.pt``, also when the run is stopped).
 """
 
 import os
@@ -43,23 +43,27 @@ def main():
     sampler = DistributedSampler(TensorDataset(x, t), shuffle=True, seed=int(option("--seed", str(SEED))))
     loader = DataLoader(sampler.dataset, batch_size=BATCH // 2, sampler=sampler)
     accumulate = int(option("--accumulate", "1"))
-    for epoch in range(int(option("--epochs", "1"))):
-        sampler.set_epoch(epoch)
-        for i, (xb, tb) in enumerate(loader):
-            last = (i + 1) % accumulate == 0
-            sync = model.no_sync() if not last and hasattr(model, "no_sync") else _nothing()
-            with sync:
-                (soft_cross_entropy(model(xb), tb) / accumulate).backward()
-            if last:
-                print(f"step {i // accumulate} at {time.time():.3f}", flush=True)
-                optimizer.step()
-                schedule.step()
-                optimizer.zero_grad()
-    out = option("--out")
-    if out is not None:
-        state = {k: v.detach() for k, v in model.state_dict().items()}
-        state = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).clone() for k, v in state.items()}
-        torch.save(state, f"{out}.rank{rank}.pt")
+    try:
+        for epoch in range(int(option("--epochs", "1"))):
+            sampler.set_epoch(epoch)
+            for i, (xb, tb) in enumerate(loader):
+                last = (i + 1) % accumulate == 0
+                sync = model.no_sync() if not last and hasattr(model, "no_sync") else _nothing()
+                with sync:
+                    (soft_cross_entropy(model(xb), tb) / accumulate).backward()
+                if last:
+                    print(f"step {i // accumulate} at {time.time():.3f}", flush=True)
+                    optimizer.step()
+                    schedule.step()
+                    optimizer.zero_grad()
+    finally:  # also when nanscope stops the run: the weights it left
+        out = option("--out")
+        if out is not None:
+            state = {k: v.detach() for k, v in model.state_dict().items()}
+            state = {
+                k: (v.full_tensor() if hasattr(v, "full_tensor") else v).clone() for k, v in state.items()
+            }
+            torch.save(state, f"{out}.rank{rank}.pt")
     dist.destroy_process_group()
 
 
