@@ -52,7 +52,7 @@ def main():
                 with sync:
                     (soft_cross_entropy(model(xb), tb) / accumulate).backward()
                 if last:
-                    print(f"step {i // accumulate} at {time.time():.3f}", flush=True)
+                    print(f"step {i // accumulate} at {time.time():.6f}", flush=True)
                     optimizer.step()
                     schedule.step()
                     optimizer.zero_grad()
