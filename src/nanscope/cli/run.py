@@ -88,6 +88,8 @@ _EXAMPLES = """examples:
   nanscope run train.py --lr 0.1                     the script's arguments follow it
   nanscope run --json report.json -m mypkg.train     a module, as python -m mypkg.train
   nanscope run --policy quarantine+rollback train.py keep the run alive, drop dirty samples
+  torchrun --nproc_per_node 8 -m nanscope run train.py
+                                                     every rank watched; one report, from rank 0
 
 """
 
