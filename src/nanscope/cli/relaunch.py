@@ -23,7 +23,7 @@ from typing import Any
 from nanscope.cli._exit import EXIT_NONFINITE
 from nanscope.errors import NonFiniteError
 
-__all__ = ["ENV", "Options", "lightning_callbacks"]
+__all__ = ["ENV", "Options", "lightning_callbacks", "rank_line"]
 
 ENV = "NANSCOPE_RUN"
 
@@ -123,9 +123,11 @@ def _finish(watcher: Any, options: Options) -> None:
     except NonFiniteError as exc:
         report = exc.report
     if not options.quiet:
-        env = report.environment
-        print(
-            f"nanscope (rank {env.get('rank')} of {env.get('world_size')}): {report.headline()}",
-            file=sys.__stderr__ or sys.stderr,  # the process's own: the script may have replaced sys.stderr
-            flush=True,
-        )
+        # the process's own stderr: the script may have replaced sys.stderr
+        print(rank_line(report), file=sys.__stderr__ or sys.stderr, flush=True)
+
+
+def rank_line(report: Any) -> str:
+    """What a rank other than global rank 0 prints at its end (rank 0 prints the report)."""
+    env = report.environment
+    return f"nanscope (rank {env.get('rank')} of {env.get('world_size')}): {report.headline()}"

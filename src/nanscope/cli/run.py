@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from nanscope._rank import distributed_rank
 from nanscope.cli._exit import EPILOG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NONFINITE, EXIT_USAGE
 from nanscope.errors import NonFiniteError, UsageError
 from nanscope.recover.policy import HANDLERS, MEASURES
@@ -194,7 +195,7 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
             runpy.run_path(args.script, run_name="__main__")
     except NonFiniteError:
         code = EXIT_NONFINITE
-        if _distributed():
+        if distributed_rank() is not None:
             _finish_before_terminating()
     except SystemExit as exc:
         if exc.code is None or isinstance(exc.code, int):
@@ -229,7 +230,7 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
         _leave_together(report, rank)
     if rank != 0:  # global rank 0 writes the run's files and prints the report; the others a line each
         if not args.quiet:
-            print(f"nanscope (rank {rank} of {world}): {report.headline()}", file=sys.stderr)
+            print(relaunch.rank_line(report), file=sys.stderr)
         return code
     if args.json:
         write(report, args.json)
@@ -297,12 +298,6 @@ def _launcher(target: str, module: bool) -> str | None:
     if name in _LAUNCHERS or (module and name.split(".")[0] in ("accelerate", "deepspeed")):
         return f"`{target}`"
     return None
-
-
-def _distributed() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _finish_before_terminating() -> None:

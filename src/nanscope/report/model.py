@@ -72,9 +72,8 @@ class Cause:
     hyperparameter: str | None = None
     samples: tuple[int, ...] | None = None
     evidence: tuple[Evidence, ...] = ()
-    rank: int | None = (
-        None  # distributed: the culprit rank (the first, if several); None when global or single
-    )
+    # distributed: the culprit rank (the first, if several); None when global, or not distributed
+    rank: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -3,7 +3,7 @@
 Under ``torch.distributed`` (a process group of more than one rank) a trip is not acted on where it happens:
 one rank acting alone leaves the others in the next collective (gloo: "connection closed"; NCCL: blocked until
 the watchdog). Instead, once per step, at the first optimizer's step pre-hook, which every rank passes every
-step, each rank contributes one byte ("I saw a non-finite value") to an all-reduce over the world. It is issued
+step, each rank contributes one flag ("I saw a non-finite value") to an all-reduce over the world. It is issued
 on every rank unconditionally, over a host (gloo) group, so it never waits on a device stream. When the sum is
 zero the step goes on. Otherwise every rank is on the bad path together: they exchange what each measured
 (:class:`RankNote`), name the culprit rank(s) from rank-local evidence, replay together when the op must be
@@ -40,9 +40,8 @@ class RankNote:
     local: bool  # the trip is rank-local evidence (its loss, batch, weights or unsynchronised gradients)
     loss_finite: bool | None  # its scalar losses of the failing iteration (None: none seen)
     wants_replay: bool  # its observation leaves the op to be found by an in-loop replay
-    can_replay: (
-        bool  # its failing micro-batch can be run again in the loop (RNG captured, batch from a loader)
-    )
+    # its failing micro-batch can be run again in the loop (RNG captured, batch from a loader)
+    can_replay: bool
     applied: bool  # the failing iteration's update had already been applied when it was seen
     replay_found: bool = False  # after a replay: its own forward/backward created the NaN/Inf
 
@@ -148,11 +147,9 @@ class Ranks:
     # ------------------------------------------------------------------ gradient synchronisation
     def unsync(self, models: Iterable[nn.Module]) -> None:
         """Gradient synchronisation off on the DDP / FSDP2 modules around ``models``: each rank keeps its own
-        backward (for a replay; one ``gc`` walk, on the bad path only); :meth:`resync` switches it back."""
-        if self._found is None:
-            self._found = _wrappers({id(m) for m in models})
+        backward (for a replay); :meth:`resync` switches it back."""
         module: Any
-        for module in self._found:
+        for module in self._wrappers_of(models):
             if hasattr(module, "require_backward_grad_sync"):  # DDP: what no_sync() switches
                 self._unsynced.append((module, bool(module.require_backward_grad_sync)))
                 module.require_backward_grad_sync = False
@@ -162,10 +159,8 @@ class Ranks:
 
     def gradients_unsynced(self, models: Iterable[nn.Module]) -> bool:
         """Whether gradient synchronisation is off now (inside DDP's ``no_sync``, FSDP2 without gradient
-        sync): the gradients are this rank's own (slow path: the wrappers are found once)."""
-        if self._found is None:
-            self._found = _wrappers({id(m) for m in models})
-        for module in self._found:
+        sync): the gradients are this rank's own (slow path)."""
+        for module in self._wrappers_of(models):
             if getattr(module, "require_backward_grad_sync", True) is False:
                 return True
             state = getattr(module, "_get_fsdp_state", None)
@@ -173,6 +168,12 @@ class Ranks:
             if getattr(group, "reduce_grads", True) is False:
                 return True
         return False
+
+    def _wrappers_of(self, models: Iterable[nn.Module]) -> list[nn.Module]:
+        """The DDP / FSDP2 modules around ``models`` (one ``gc`` walk, the first time; bad path only)."""
+        if self._found is None:
+            self._found = _wrappers({id(m) for m in models})
+        return self._found
 
     def resync(self) -> None:
         module: Any

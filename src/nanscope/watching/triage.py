@@ -140,22 +140,23 @@ class Triage:
         return None
 
     # ------------------------------------------------------------------ replays
-    def can_replay_in_loop(self, it: Iteration, current: bool) -> bool:
-        """Whether the loop itself could run ``it``'s last micro-batch again (its batch came from a loader)."""
+    def _loader_batch(self, it: Iteration) -> bool:
+        """``it``'s last micro-batch came from a loader and no step function replays it: the loop can run it
+        again."""
         return (
             self._step_fn is None
             and it.model_call is None
             and bool(it.batches)
             and it.batches[-1].dataset is not None
-            and self.replay_note(it, current) is None
         )
+
+    def can_replay_in_loop(self, it: Iteration, current: bool) -> bool:
+        """Whether the loop itself could run ``it``'s last micro-batch again (its batch came from a loader)."""
+        return self._loader_batch(it) and self.replay_note(it, current) is None
 
     def can_refeed(self, it: Iteration, obs: Observation) -> bool:
         return (
-            self._step_fn is None
-            and it.model_call is None
-            and bool(it.batches)
-            and it.batches[-1].dataset is not None
+            self._loader_batch(it)
             and obs.op is None
             and obs.trigger in ("loss", "gradients")
             and not obs.hyperparameters

@@ -106,7 +106,7 @@ class Verdicts:
             self._detected(it.step, trip.where)
             return
         it.failed = True
-        replay = self.diagnosis is None or self._policy.diagnoses_every_event
+        replay = self._replays()
         obs = self._triage.observe(it, trip, current=it is self._log.current, replay=replay)
         if self._agreeing():  # acted on at the step's agreement, by every rank together
             if self.pending is None:
@@ -135,7 +135,7 @@ class Verdicts:
     def agree(self, current: Iteration) -> None:
         """Some rank saw a non-finite value (the step's agreement said so, on every rank at the same point):
         all of them settle it together (see :mod:`nanscope.watching.ranks`)."""
-        pending = self.pending or Pending(current, None, self.diagnosis is None, None, False)
+        pending = self.pending or Pending(current, None, self._replays(), None, False)
         self.pending = None
         it, obs = pending.iteration, pending.observation
         notes = self._ranks.gather(self._note(pending, current))
@@ -150,6 +150,10 @@ class Verdicts:
             current.failed = True
             return
         self._agreed(notes, settlement, current)
+
+    def _replays(self) -> bool:
+        """A failure is still replayed to find its op: none was diagnosed yet, or the policy diagnoses each."""
+        return self.diagnosis is None or self._policy.diagnoses_every_event
 
     def conclude_alone(self) -> None:
         """A trip no agreement settled because the run ended first (a value read at close): concluded on this
