@@ -1,7 +1,8 @@
-"""Shape j: no false witness. The model returns finite values of 6e37 for samples 40-45 (an exp output link on
-a large input); the squared error overflows to inf in the loss. The model's output was finite, so the phase is
-the loss, not the forward (a float32 sum of those six outputs, 3.6e38, would itself overflow and say the model
-returned Inf)."""
+"""Shape j: no false witness, and provenance. The model returns finite values of 6e37 for samples 40-45 (an exp
+output link on a large input); the squared error overflows to inf in the loss. The model's output was finite
+(a float32 sum of those six outputs, 3.6e38, would itself overflow and say the model returned Inf), and what
+made the values extreme is the forward's ``exp`` (inputs of at most 87): that is the origin a practitioner
+changes; the loss's ``pow`` stays as evidence."""
 
 import torch
 from _shapes import BATCH, classification, loader
@@ -11,12 +12,13 @@ HUGE = (40, 41, 42, 43, 44, 45)
 EXPECT = {
     "kind": "overflow",
     "where": "loss",
-    "phase": "loss",
+    "phase": "forward",
     "step": 40 // BATCH,
-    "op": "pow",
+    "op": "exp",
     "samples": list(HUGE),
 }
-EXPECT_WARN = {"kind": "undetermined", "op": None, "samples": None}  # no replay under warn
+# no replay under warn: the output check says the model's output was finite, so the phase is the loss
+EXPECT_WARN = {"kind": "undetermined", "op": None, "samples": None, "phase": "loss"}
 
 
 class ExpLink(nn.Module):

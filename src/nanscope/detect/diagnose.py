@@ -280,6 +280,43 @@ def _diagnose(obs: Observation) -> Diagnosis:
                 for i, s in enumerate(op.inputs)
             ),
         ]
+        if op.then is not None:
+            then = op.then
+            facts.append(
+                Evidence(
+                    "surfaced in",
+                    f"aten.{then.aten} in {then.phase}"
+                    + (f" ({then.module})" if then.module else "")
+                    + (f" at {then.source}" if then.source else "")
+                    + f" turned it into {then.nan} NaN, {then.inf} Inf"
+                    + (
+                        ": backward met the value forward had made non-finite and the loss had masked away"
+                        if then.phase == "backward"
+                        else ""
+                    ),
+                    {"aten": then.aten, "op": then.op, "phase": then.phase, "module": then.module},
+                )
+            )
+        if op.extreme is not None:
+            e = op.extreme
+            made = f"aten.{e.op} ({e.phase}" + (f", {e.module}" if e.module else "") + ")" if e.op else e.leaf
+            facts.append(
+                Evidence(
+                    "provenance",
+                    f"the largest input of aten.{op.aten} ({max(s.magnitude for s in op.inputs):.3g}) came from "
+                    f"{made}"
+                    + (f", which took inputs of at most {e.input_max:.3g} to {e.output_max:.3g}" if e.op else ""),
+                    {
+                        "op": e.op,
+                        "module": e.module,
+                        "phase": e.phase,
+                        "source": e.source,
+                        "leaf": e.leaf,
+                        "input_max": e.input_max,
+                        "output_max": e.output_max,
+                    },
+                )
+            )
         if op.rows is not None:
             whole = obs.op_whole_batch
             facts.append(
@@ -305,10 +342,10 @@ def _diagnose(obs: Observation) -> Diagnosis:
             facts.append(_layers(obs.layer_growth))
         cause = Cause(
             kind=found.kind,
-            phase=op.phase,
+            phase=found.phase or op.phase,  # type: ignore[arg-type]
             summary=found.summary,
-            module=op.module,
-            op=op.op,
+            module=found.module,
+            op=found.op,
             samples=obs.op_samples,
             evidence=tuple(facts) + touched,
         )

@@ -6,9 +6,13 @@ its update skipped (every gradient set to ``None``: no weight, optimizer-state o
 next ``next()`` on a loader over the same Dataset hands out the failing batch again. The batch takes its place
 in that loader's order (:mod:`nanscope.watching.batches`), so a loader that reads ahead yields it when its
 turn comes; iterations that consume other batches before it are discarded too. At the first training forward
-that consumes it, the random number state of the failing micro-batch is restored and an
-:class:`~nanscope.localize.trace.OpTracer` is entered; at the update that follows (outside any torch-function
-mode, unlike ``backward()``) the tracer is left and the diagnosis, now with the op, is concluded.
+that consumes it, the random number state of the failing micro-batch is restored. The
+:class:`~nanscope.localize.trace.OpTracer` is entered when the batch is handed out, so the whole iteration is
+traced: the loop's own handling of the batch before the model (class weights from its labels, normalizers),
+the forward, the loss and backward. Updates of iterations that come before the consuming one (a loader that
+reads ahead) make the tracer forget what it saw. At the update that follows the consuming micro-batch
+(outside any torch-function mode, unlike ``backward()``) the tracer is left and the diagnosis, now with the
+op, is concluded.
 
 Side effects the script sees: extra iterations of its loop (its prints and, if it steps one, an LR scheduler
 step), whose updates are discarded; the weights are those before the failing update.
@@ -46,10 +50,14 @@ class Refeed:
     stage: Stage = Stage.PARKED
 
     def hand_out(self, dataset: Any) -> bool:
-        """Whether the next batch of a loader over ``dataset`` is the failing one again."""
+        """Whether the next batch of a loader over ``dataset`` is the failing one again; if so, tracing
+        starts now (the loop's handling of the batch before the model is part of the iteration)."""
         if self.stage is not Stage.PARKED or dataset is not self.dataset:
             return False
         self.stage = Stage.HANDED_OUT
+        if not self.tracer.entered:
+            self.tracer.__enter__()
+        self.tracer.reset()
         return True
 
     def lost(self) -> None:
@@ -57,19 +65,24 @@ class Refeed:
         if self.stage is Stage.HANDED_OUT:
             self.stage = Stage.PARKED
 
+    def passed(self) -> None:
+        """An update of an iteration before the consuming one: what the tracer saw belongs to that one."""
+        if self.stage is Stage.HANDED_OUT:
+            self.tracer.reset()
+
     def start(self, module: str | None) -> None:
         """The micro-batch that consumes the failing batch begins (its first forward, of the module named
-        ``module``, is already running): same RNG, under the tracer, which sees that forward end."""
+        ``module``, is starting; the tracer's forward hook, registered after nanscope's, sees it next): the
+        RNG of the failing micro-batch is restored."""
         self.rng.restore()
-        self.tracer.__enter__()
-        self.tracer.stack.append(module or "")
         self.stage = Stage.TRACING
 
     def stop(self) -> OpFinding | None:
         """Leave the tracer (if entered) and return the op that created the first NaN/Inf, if any."""
         tracing = self.stage is Stage.TRACING
         self.stage = Stage.OVER
+        if self.tracer.entered:
+            self.tracer.__exit__(None, None, None)
         if not tracing:
             return None
-        self.tracer.__exit__(None, None, None)
         return self.tracer.pick(self.observation.trigger, self.loss_nan)

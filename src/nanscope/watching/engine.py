@@ -290,6 +290,8 @@ class Engine:
             self._discard(w)
             if self.verdicts.refeed.stage is Stage.TRACING:
                 self._finish_refeed()  # may decide; what it decided is carried out below
+            else:
+                self.verdicts.refeed.passed()
             if self.verdicts.refeed is not None or it.discard:
                 return
         self.reader.poll()
