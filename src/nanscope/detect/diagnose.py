@@ -305,7 +305,11 @@ def _diagnose(obs: Observation) -> Diagnosis:
                     "provenance",
                     f"the largest input of aten.{op.aten} ({max(s.magnitude for s in op.inputs):.3g}) came from "
                     f"{made}"
-                    + (f", which took inputs of at most {e.input_max:.3g} to {e.output_max:.3g}" if e.op else ""),
+                    + (
+                        f", which took inputs of at most {e.input_max:.3g} to {e.output_max:.3g}"
+                        if e.op
+                        else ""
+                    ),
                     {
                         "op": e.op,
                         "module": e.module,

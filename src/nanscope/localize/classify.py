@@ -213,7 +213,9 @@ def _division(c: Case) -> Classified | None:
     denominator = first if f.op == "reciprocal" else second if f.op in _DIVS else None
     if denominator is None or not denominator.zeros:
         return None
-    numerators = f", {first.zeros} zero numerators: 0/0 = NaN" if f.op in _DIVS and first and first.zeros else ""
+    numerators = (
+        f", {first.zeros} zero numerators: 0/0 = NaN" if f.op in _DIVS and first and first.zeros else ""
+    )
     return Classified(
         "domain_error",
         f"{c.where} divided by zero ({denominator.zeros} zero denominators{numerators})",
@@ -420,5 +422,10 @@ def classify(f: OpFinding, history: History) -> Classified:
                 found.phase or f.phase,
             )
     return Classified(
-        "domain_error", f"{case.where} produced non-finite values from finite inputs", (), f.op, f.module, f.phase
+        "domain_error",
+        f"{case.where} produced non-finite values from finite inputs",
+        (),
+        f.op,
+        f.module,
+        f.phase,
     )

@@ -50,6 +50,7 @@ def replay(
     buffers: Sequence[torch.Tensor],
     module_names: dict[int, str],
     batch_size: int | None,
+    param_names: dict[int, str] | None = None,
     trigger: str = "loss",
     loss_nan: bool = True,
 ) -> OpFinding | None:
@@ -57,7 +58,7 @@ def replay(
     grads = [p.grad for p in params]
     saved_buffers = [b.detach().clone() for b in buffers]
     now = RngState.capture()
-    tracer = OpTracer(module_names, batch_size)
+    tracer = OpTracer(module_names, batch_size, param_names)
     try:
         for p in params:
             p.grad = None

@@ -183,7 +183,7 @@ class OpFinding:
     output_dtype: str
     nan: int  # NaN the op created (element-wise: at positions it created them; else in its output)
     inf: int
-    rows: tuple[int, ...] | None  # batch rows of the output it turned non-finite (when it keeps the batch dim)
+    rows: tuple[int, ...] | None  # batch rows it turned non-finite (when its output keeps the batch dim)
     derived: bool = False  # its NaN came from infinite inputs at the same positions (inf - inf, inf / inf)
     extreme: Extreme | None = None  # where its already-extreme inputs came from (an overflow of big values)
     then: OpFinding | None = None  # the op where the value finally surfaced, when that is not this one

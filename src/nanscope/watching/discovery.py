@@ -153,6 +153,10 @@ class Naming:
     def module(self, m: nn.Module) -> str | None:
         return self._modules.get(id(m))
 
+    def param_names(self) -> dict[int, str]:
+        """id -> name of every model parameter (for the tracer's provenance)."""
+        return dict(self._params)
+
     def buffers(self, floating_only: bool = True) -> list[tuple[str, torch.Tensor]]:
         """Every model's buffers, named; ``floating_only=False`` adds counters such as BatchNorm's
         ``num_batches_tracked`` (restored on rollback, never checked for NaN)."""
