@@ -150,6 +150,10 @@ def test_demo_names_the_dirty_recordings(tmp_path):
     assert report.cause.kind == "nonfinite_input"
     assert report.cause.samples and set(report.cause.samples) <= set(Recordings().dead)
     assert "dataset samples" in result.stderr
+    # the whole dataset was read after the diagnosis: every flat recording is named at once
+    scan = report.dataset_scan
+    assert scan is not None and scan.complete and scan.total == len(Recordings())
+    assert scan.dirty == tuple(Recordings().dead)
 
 
 def test_demo_with_worker_processes_names_the_same_samples(tmp_path):

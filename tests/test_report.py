@@ -69,7 +69,9 @@ def test_text_names_step_cause_samples_and_fixes():
     assert "non-finite inputs at step 2" in text
     assert "cause: nonfinite_input  (phase: data)" in text
     assert "dataset samples: 37, 38" in text
-    assert "what to do:" in text and "1. Repair or drop dataset samples [37, 38]" in text
+    # the batch holds 37 and 38; the dataset scan after the diagnosis finds 90 too
+    assert "what to do:" in text and "1. Repair or drop dataset samples [37, 38, 90]" in text
+    assert "dataset scan: 3 sample(s) of TensorDataset hold NaN/Inf: 37, 38, 90" in text
 
 
 def test_healthy_text():

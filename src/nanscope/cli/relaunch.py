@@ -41,6 +41,7 @@ class Options:
     snapshot_dir: str | None
     quiet: bool
     pid: int  # the ``nanscope run`` process itself (which watches on its own)
+    scan_seconds: float = 30.0
 
     @classmethod
     def of(cls, args: argparse.Namespace) -> Options:
@@ -54,6 +55,7 @@ class Options:
             snapshot_dir=args.snapshot_dir,
             quiet=args.quiet,
             pid=os.getpid(),
+            scan_seconds=args.scan_seconds,
         )
 
     def to_env(self) -> str:
@@ -89,6 +91,7 @@ class Options:
             eager=self.eager,
             quarantine=self.quarantine,
             tensorboard=tensorboard,
+            scan_seconds=self.scan_seconds,
         )
 
 

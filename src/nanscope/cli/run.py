@@ -63,6 +63,14 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--snapshot-dir", metavar="DIR", help="rollback: keep snapshots as files in DIR instead of memory"
     )
+    parser.add_argument(
+        "--scan-seconds",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="after a NaN/Inf in the data, read the whole dataset for at most S seconds and name every dirty "
+        "sample (quarantine takes them all); 0 turns the scan off (30)",
+    )
     parser.add_argument("--history", type=int, default=2048, metavar="N", help="steps of history kept (2048)")
     parser.add_argument("--eager", action="store_true", help="on CUDA, read checks at once (syncs each step)")
     parser.add_argument(

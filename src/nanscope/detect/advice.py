@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from nanscope.report.model import Cause, History
+from nanscope.report.model import Cause, DatasetScan, History
 
 __all__ = ["clip_hint", "suggestions_for"]
 
@@ -40,16 +40,40 @@ def clip_hint(history: History, script_clip: tuple[str, float] | None = None) ->
 
 
 def suggestions_for(
-    cause: Cause, history: History, script_clip: tuple[str, float] | None = None
+    cause: Cause,
+    history: History,
+    script_clip: tuple[str, float] | None = None,
+    scan: DatasetScan | None = None,
 ) -> tuple[str, ...]:
+    """``scan``: the whole dataset read after a ``nonfinite_input`` diagnosis (every dirty sample)."""
     kind = cause.kind
     if kind == "nonfinite_input":
-        who = f"dataset samples {list(cause.samples)[:20]}" if cause.samples else "the offending batch rows"
+        if scan is not None and scan.dirty:
+            shown = list(scan.dirty[:20])
+            more = f" (and {len(scan.dirty) - 20} more, listed in the report)" if len(scan.dirty) > 20 else ""
+            whole = (
+                f"every sample of {scan.dataset} was read"
+                if scan.complete
+                else f"{scan.scanned} of {scan.total} samples were read in the time allowed (--scan-seconds)"
+            )
+            first = (
+                f"Repair or drop dataset samples {shown}{more}: {whole}, and these hold NaN/Inf after the "
+                "Dataset's own transforms (dirty data, a transform that divides by a zero std or takes log of "
+                "0, a failed decode). `nanscope run --policy quarantine+skip --quarantine FILE` drops them all "
+                "at once and keeps them out of later runs."
+            )
+        else:
+            who = (
+                f"dataset samples {list(cause.samples)[:20]}" if cause.samples else "the offending batch rows"
+            )
+            first = (
+                f"Repair or drop {who}: they contain NaN/Inf before the model sees them (dirty data, a transform "
+                "that divides by a zero std or takes log of 0, a failed decode)."
+            )
         return (
-            f"Repair or drop {who}: they contain NaN/Inf before the model sees them (dirty data, a transform that "
-            "divides by a zero std or takes log of 0, a failed decode).",
-            "Scan the whole dataset once before training: `torch.isfinite(x).all()` on every sample's inputs and "
-            "targets, and fix the transform that produced the bad values.",
+            first,
+            "Fix the transform or the source that produced the bad values, and check every sample's inputs and "
+            "targets with `torch.isfinite(x).all()` once before training.",
             "Normalize inputs (subtract the mean, divide by the std plus a small eps) so no feature is out of range.",
         )
     if kind == "nonfinite_parameters":

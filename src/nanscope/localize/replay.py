@@ -8,6 +8,7 @@ is put back afterwards: gradients, buffers (BatchNorm statistics move in forward
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,24 +22,34 @@ __all__ = ["RngState", "replay"]
 
 @dataclass(frozen=True)
 class RngState:
+    """The global random streams: torch (CPU and each CUDA device), Python's ``random``, and with
+    ``capture(numpy=True)`` NumPy's global generator when the script has imported NumPy (Dataset transforms
+    draw from it; reading it costs ~40 us, too much for every step)."""
+
     cpu: torch.Tensor
     cuda: tuple[torch.Tensor, ...]
     python: object
+    numpy: object = None
 
     @classmethod
-    def capture(cls) -> RngState:
+    def capture(cls, numpy: bool = False) -> RngState:
         cuda = (
             tuple(torch.cuda.get_rng_state_all())
             if torch.cuda.is_available() and torch.cuda.is_initialized()
             else ()
         )
-        return cls(torch.get_rng_state(), cuda, random.getstate())
+        np = sys.modules.get("numpy") if numpy else None
+        numpy_state = np.random.get_state() if np is not None else None
+        return cls(torch.get_rng_state(), cuda, random.getstate(), numpy_state)
 
     def restore(self) -> None:
         torch.set_rng_state(self.cpu)
         if self.cuda:
             torch.cuda.set_rng_state_all(list(self.cuda))
         random.setstate(self.python)  # type: ignore[arg-type]
+        np = sys.modules.get("numpy")
+        if np is not None and self.numpy is not None:
+            np.random.set_state(self.numpy)
 
 
 def replay(

@@ -17,6 +17,7 @@ from typing import Any
 from nanscope._atomic import atomic_write_text
 from nanscope.report.model import (
     Cause,
+    DatasetScan,
     Detection,
     EarlyWarning,
     Ending,
@@ -146,6 +147,9 @@ def loads(text: str) -> Report:
             RankSummary(**{**r, "samples": None if r.get("samples") is None else tuple(r["samples"])})
             for r in data.get("ranks", ())
         ),
+        dataset_scan=None
+        if data.get("dataset_scan") is None
+        else DatasetScan(**{**data["dataset_scan"], "dirty": tuple(data["dataset_scan"]["dirty"])}),
     )
 
 

@@ -182,6 +182,38 @@ class Ending:
 
 
 @dataclass(frozen=True, slots=True)
+class DatasetScan:
+    """The whole dataset read after a ``nonfinite_input`` diagnosis: every sample holding NaN/Inf.
+
+    ``dirty`` are dataset indices (those the diagnosis named, plus every one the scan found); ``scanned`` of
+    ``total`` samples were read in ``seconds`` (the scan is bounded in time); ``failed`` counts samples whose
+    ``__getitem__`` raised.
+    """
+
+    dataset: str
+    total: int
+    scanned: int
+    dirty: tuple[int, ...]
+    seconds: float
+    failed: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.scanned >= self.total
+
+    def text(self) -> str:
+        shown = ", ".join(map(str, self.dirty[:20])) + (
+            f", ... ({len(self.dirty)} in all)" if len(self.dirty) > 20 else ""
+        )
+        coverage = "all" if self.complete else f"{self.scanned} of"
+        failed = f"; {self.failed} raised in __getitem__" if self.failed else ""
+        return (
+            f"{len(self.dirty)} sample(s) of {self.dataset} hold NaN/Inf: {shown} (read {coverage} {self.total} "
+            f"samples in {self.seconds:.1f} s{failed})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class RankSummary:
     """One rank of a distributed run, as the ranks agreed on the failure.
 
@@ -221,6 +253,7 @@ class Report:
     scaler_skipped_steps: int = 0  # iterations a GradScaler ended without an update (Inf/NaN gradients)
     ending: Ending | None = None  # the script's own exception or an interrupt, when the run ended in one
     ranks: tuple[RankSummary, ...] = ()  # distributed runs with a failure: every rank's part
+    dataset_scan: DatasetScan | None = None  # after a nonfinite_input diagnosis: every dirty sample
     schema: str = SCHEMA
 
     def __post_init__(self) -> None:

@@ -68,6 +68,7 @@ class Engine:
         discover: bool,
         on_new_models: Callable[[list[nn.Module]], None],
         on_unseen_forward: Callable[[], None],
+        scan_seconds: float = 30.0,
     ) -> None:
         self.policy = policy
         self.tensorboard: TensorBoardSink | None = None
@@ -107,6 +108,7 @@ class Engine:
             ranks=self.ranks,
             agreeing=lambda: bool(self.watched) and self.ranks.active,
             models=lambda: self.naming.models.values(),
+            scan_seconds=scan_seconds,
         )
         self._discarding: set[int] = set()  # optimizers whose coming update is discarded
         self._state = LiveState()

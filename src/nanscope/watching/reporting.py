@@ -51,4 +51,5 @@ def build_report(
         scaler_skipped_steps=log.scaler_skipped,
         ending=verdicts.ending,
         ranks=verdicts.rank_summaries,
+        dataset_scan=verdicts.dataset_scan,
     )

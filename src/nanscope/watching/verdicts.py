@@ -18,13 +18,15 @@ from dataclasses import dataclass, replace
 from torch import nn
 
 from nanscope._rank import is_rank_zero
+from nanscope.detect.advice import suggestions_for
 from nanscope.detect.diagnose import Diagnosis, Observation, diagnose
 from nanscope.errors import NonFiniteError, NonFiniteWarning
+from nanscope.localize.dataset_scan import scan_dataset
 from nanscope.localize.refeed import Refeed, Stage
 from nanscope.recover.actions import Recoverer
 from nanscope.recover.policy import Action, Decision, Event, Policy
 from nanscope.report import json as report_json
-from nanscope.report.model import Detection, Ending, Evidence, RankSummary, Report, Where
+from nanscope.report.model import DatasetScan, Detection, Ending, Evidence, RankSummary, Report, Where
 from nanscope.watching.batches import Drawn
 from nanscope.watching.checks import Trip
 from nanscope.watching.ranks import RankNote, Ranks, Settlement, settle
@@ -61,6 +63,7 @@ class Verdicts:
         ranks: Ranks,
         agreeing: Callable[[], bool],
         models: Callable[[], Iterable[nn.Module]],
+        scan_seconds: float = 30.0,
     ) -> None:
         self._policy = policy
         self._log = log
@@ -83,6 +86,10 @@ class Verdicts:
         self.pending: Pending | None = None
         self._replaying: list[RankNote] | None = None  # the notes that sent every rank into a replay
         self.rank_summaries: tuple[RankSummary, ...] = ()
+        # after a nonfinite_input diagnosis, the whole dataset is read once (see localize.dataset_scan)
+        self._scan_seconds = scan_seconds
+        self._scans: list[tuple[object, DatasetScan | None]] = []  # (dataset, its scan), one per dataset
+        self.dataset_scan: DatasetScan | None = None  # the first scan, for the report
 
     def clipped(self, it: Iteration, kind: str, limit: float) -> None:
         it.script_clip = self.script_clip = (kind, limit)
@@ -218,6 +225,7 @@ class Verdicts:
         found = diagnose(obs)
         if settlement is not None:
             found = _attributed(found, settlement, self._ranks.world)
+        found = self._scan_dataset(found, obs, it)
         first = self.diagnosis is None
         if first:
             self.diagnosis = found
@@ -273,8 +281,37 @@ class Verdicts:
     def _quarantine(self, samples: tuple[int, ...], found: Diagnosis, it: Iteration, step: int) -> None:
         datasets = [d.dataset for d in it.batches if d.dataset is not None]
         if datasets:
+            scan = next((scan for d, scan in self._scans if d is datasets[-1]), None)
+            if scan is not None and found.cause.kind == "nonfinite_input":
+                samples = tuple(sorted({*samples, *scan.dirty}))  # every dirty sample at once
             reason = f"{found.cause.kind} at step {step}: {found.cause.summary}"[:300]
             self._recoverer.quarantine_samples(datasets[-1], samples, reason, step, found.cause.kind)
+
+    def _scan_dataset(self, found: Diagnosis, obs: Observation, it: Iteration) -> Diagnosis:
+        """After a ``nonfinite_input`` diagnosis, every dirty sample of the batch's dataset (read once per
+        dataset, bounded by ``scan_seconds``; not in distributed runs, whose ranks must act alike)."""
+        datasets = [d.dataset for d in it.batches if d.dataset is not None]
+        if (
+            found.cause.kind != "nonfinite_input"
+            or self._scan_seconds <= 0
+            or self._ranks.active
+            or not datasets
+            or any(d is datasets[-1] for d, _ in self._scans)
+        ):
+            return found
+        scan = scan_dataset(datasets[-1], known=found.cause.samples or (), seconds=self._scan_seconds)
+        self._scans.append((datasets[-1], scan))
+        if scan is None:
+            return found
+        if self.dataset_scan is None:
+            self.dataset_scan = scan
+        data = {"samples": list(scan.dirty), "scanned": scan.scanned, "total": scan.total}
+        cause = replace(
+            found.cause, evidence=(*found.cause.evidence, Evidence("dataset scan", scan.text(), data))
+        )
+        return replace(
+            found, cause=cause, suggestions=suggestions_for(cause, obs.history, obs.script_clip, scan)
+        )
 
 
 def _rank_local(obs: Observation) -> bool:

@@ -114,7 +114,8 @@ class Watcher:
     failing step under op tracing at once; without it, the script's own loop replays it (one more iteration).
     ``quarantine`` is a file of samples to exclude (and where new culprits are added). ``tensorboard`` (a log
     directory, or the framework's ``SummaryWriter``) receives nanscope's per-step scalars and events under
-    ``nanscope/`` (:mod:`nanscope.report.tensorboard`).
+    ``nanscope/`` (:mod:`nanscope.report.tensorboard`). ``scan_seconds`` bounds the scan of the whole dataset
+    after a ``nonfinite_input`` diagnosis (every dirty sample is named; 0 turns it off).
     """
 
     def __init__(
@@ -130,6 +131,7 @@ class Watcher:
         step_fn: Callable[[Any], object] | None = None,
         quarantine: str | None = None,
         tensorboard: Any = None,
+        scan_seconds: float = 30.0,
     ) -> None:
         problems = []
         chosen: Policy | None = None
@@ -144,6 +146,14 @@ class Watcher:
             optimizers = []
         if step_fn is not None and not callable(step_fn):
             problems.append(f"step_fn must be callable as step_fn(batch); got {type(step_fn).__name__}")
+        if (
+            isinstance(scan_seconds, bool)
+            or not isinstance(scan_seconds, (int, float))
+            or not scan_seconds >= 0
+        ):
+            problems.append(
+                f"scan_seconds must be a number of seconds >= 0 (0: no dataset scan); got {scan_seconds!r}"
+            )
         if isinstance(history, bool) or not isinstance(history, int) or history < 1:
             problems.append(f"history must be a positive int (steps kept); got {history!r}")
         models: dict[str, nn.Module] = {}
@@ -180,6 +190,7 @@ class Watcher:
             discover=self._discover,
             on_new_models=self._hooks.models,
             on_unseen_forward=self._hooks.deepen,
+            scan_seconds=float(scan_seconds),
         )
         self._engine.tensorboard = sink
         patches.activate(self._events)
