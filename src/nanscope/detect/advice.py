@@ -76,6 +76,15 @@ def suggestions_for(
             "targets with `torch.isfinite(x).all()` once before training.",
             "Normalize inputs (subtract the mean, divide by the std plus a small eps) so no feature is out of range.",
         )
+    if kind == "not_reproducible":
+        return (
+            "Under --policy skip or rollback nanscope retries such a step: the replayed step's finite update is "
+            "applied in place of the failing one, and the run goes on.",
+            "If it recurs, suspect the machine: check the GPU's error counters and run its diagnostics "
+            "(`nvidia-smi -q -d ECC,PAGE_RETIREMENT`, `dcgmi diag -r 3`), and move the job to another node.",
+            "To rule out non-deterministic kernels, run the failing steps with "
+            "`torch.use_deterministic_algorithms(True)` (and CUBLAS_WORKSPACE_CONFIG=:4096:8).",
+        )
     if kind == "nonfinite_parameters":
         name = cause.parameter or "the named weights"
         return (

@@ -45,6 +45,8 @@ class Observation:
     op_samples: tuple[int, ...] | None = None  # dataset indices of the rows the op turned non-finite
     replay_note: str | None = None  # why there was no replay, if there was none
     op_whole_batch: bool = False  # every row went non-finite: a property of the batch, not of samples
+    # the failing iteration was replayed from the same batch, weights and RNG state, and every op was finite
+    replay_finite: bool = False
     # (parameter, first, last grad norm), fastest first
     layer_growth: tuple[tuple[str, float, float], ...] = ()
     script_clip: tuple[str, float] | None = None  # ("norm" | "value", limit) when the script clips itself
@@ -384,9 +386,24 @@ def _diagnose(obs: Observation) -> Diagnosis:
         if growth is not None:
             evidence.append(growth)
         evidence.extend(touched)
-        if obs.replay_note:
+        kind = "undetermined"
+        if obs.replay_finite:
+            kind = "not_reproducible"
+            what = "loss" if obs.trigger == "loss" else "gradients"
+            summary = (
+                f"the {what} became non-finite at step {obs.step}, but replaying that step from the same batch, "
+                "weights and random state gave finite values in every op: a transient fault (a hardware error "
+                "such as a bit flip or a failing GPU, a non-deterministic kernel, or state the script changes "
+                "between runs of a step), not a property of the data or the model"
+            )
+            evidence.append(
+                Evidence(
+                    "replay", "the replayed iteration created no NaN/Inf in any op", {"reproduced": False}
+                )
+            )
+        elif obs.replay_note:
             evidence.append(Evidence("localization", obs.replay_note))
-        cause = Cause(kind="undetermined", phase=phase, summary=summary, evidence=tuple(evidence))
+        cause = Cause(kind=kind, phase=phase, summary=summary, evidence=tuple(evidence))
         first = FirstNonFinite(obs.step, obs.trigger, obs.trigger_names)
     return Diagnosis(
         first=first, cause=cause, suggestions=suggestions_for(cause, obs.history, obs.script_clip)

@@ -48,6 +48,7 @@ class Refeed:
     index_list: list[int] | None
     loss_nan: bool
     stage: Stage = Stage.PARKED
+    replayed_finite: bool = False  # the replay ran and no op of it produced a NaN/Inf
 
     def hand_out(self, dataset: Any) -> bool:
         """Whether the next batch of a loader over ``dataset`` is the failing one again; if so, tracing
@@ -85,4 +86,5 @@ class Refeed:
             self.tracer.__exit__(None, None, None)
         if not tracing:
             return None
+        self.replayed_finite = not self.tracer.saw_nonfinite
         return self.tracer.pick(self.observation.trigger, self.loss_nan)

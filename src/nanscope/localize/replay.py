@@ -64,8 +64,9 @@ def replay(
     param_names: dict[int, str] | None = None,
     trigger: str = "loss",
     loss_nan: bool = True,
-) -> OpFinding | None:
-    """Run ``step_fn(batch)`` from RNG state ``start`` under an :class:`OpTracer`; restore everything after."""
+) -> tuple[OpFinding | None, bool]:
+    """Run ``step_fn(batch)`` from RNG state ``start`` under an :class:`OpTracer`; restore everything after.
+    Returns the origin op, and whether every op of the replay was finite (the failure did not reproduce)."""
     grads = [p.grad for p in params]
     saved_buffers = [b.detach().clone() for b in buffers]
     now = RngState.capture()
@@ -83,4 +84,4 @@ def replay(
             for b, s in zip(buffers, saved_buffers, strict=True):
                 b.copy_(s)
         now.restore()
-    return tracer.pick(trigger, loss_nan)
+    return tracer.pick(trigger, loss_nan), not tracer.saw_nonfinite

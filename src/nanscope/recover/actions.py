@@ -112,6 +112,10 @@ class Recoverer:
         why = f" ({reason})" if reason else ""
         self.record(step, "skip", f"{kind}: the update was discarded{why}")
 
+    def retry(self, step: int, reason: str) -> None:
+        """The failure did not reproduce: the replayed step's update is applied in place of the failing one."""
+        self.record(step, "retry", f"not_reproducible: {reason}; its finite update was applied")
+
     def schedule_rollback(self) -> None:
         """Roll back at the next safe point (the next update or training forward)."""
         self.rollback_due = True

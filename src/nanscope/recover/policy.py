@@ -6,7 +6,8 @@ A policy is one *handler* for the failing step plus optional *measures*:
 ``stop``       diagnose, report, raise :class:`nanscope.NonFiniteError` before the failing update
 ``warn``       diagnose the first event, warn, let every update through (the run is not protected)
 ``skip``       discard the failing step's update entirely (weights, optimizer state and step counts,
-               weight decay) and go on; give up after too many failures
+               weight decay) and go on; give up after too many failures. A failure whose replay is
+               finite (``not_reproducible``) is retried: the replay's update is applied instead
 ``rollback``   restore the newest snapshot confirmed good, back the learning rate off for a while,
                and go on with the next batches (a failure the batch alone explains, such as dirty
                inputs or log(0), is only skipped); give up after too many failures
@@ -55,6 +56,7 @@ class Action(enum.Enum):
     STOP = "stop"  # raise NonFiniteError (before the failing update where it has not been applied)
     CONTINUE = "continue"  # record, warn, let the step run
     SKIP = "skip"  # the failing update is not applied
+    RETRY = "retry"  # the failure did not reproduce: the replayed step's finite update is applied instead
     ROLLBACK = "rollback"  # restore a good snapshot and go on
 
 
@@ -109,6 +111,7 @@ class Event:
     snapshot: bool  # a snapshot is available to roll back to
     first: bool  # the run's first event
     repeats: int = 0  # earlier failed steps with the same cause kind (and hyperparameter)
+    retryable: bool = False  # the loop is replaying the failing step now: its finite update can be applied
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +206,10 @@ class Policy:
             )
         if limit:
             return Decision(Action.STOP, samples, f"gave up: {limit}", gave_up=True)
+        if cause.kind == "not_reproducible" and not event.applied:
+            if event.retryable:
+                return Decision(Action.RETRY, (), "the failure did not reproduce: the step was run again")
+            return Decision(Action.SKIP, (), "the failure did not reproduce; the step was skipped")
         if self.handler == "rollback":
             if not event.applied and cause.kind in _BATCH_KINDS:
                 reason = "the batch explains it and the weights before it are intact: no rollback"

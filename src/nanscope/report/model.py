@@ -28,6 +28,7 @@ KINDS = (
     "overflow",
     "domain_error",
     "singular_gradient",
+    "not_reproducible",
     "undetermined",
 )
 WHERES = ("loss", "gradients", "parameters", "hyperparameters", "inputs", "optimizer_state")
@@ -117,13 +118,14 @@ class Detection:
 class Intervention:
     """One thing a recovery policy did to the run.
 
-    ``kind``: ``skip`` (the step's update was discarded), ``rollback`` (weights, buffers, optimizer, scheduler,
+    ``kind``: ``skip`` (the step's update was discarded), ``retry`` (the failure did not reproduce: the
+    replayed step's finite update was applied in its place), ``rollback`` (weights, buffers, optimizer, scheduler,
     RNG and scaler restored to snapshot ``data["to_step"]``), ``quarantine`` (samples excluded from later
     batches), ``give_up`` (the policy's limits were reached and the run was stopped).
     """
 
     step: int
-    kind: Literal["skip", "rollback", "quarantine", "give_up"]
+    kind: Literal["skip", "retry", "rollback", "quarantine", "give_up"]
     detail: str
     data: Mapping[str, Any] = field(default_factory=dict)
 

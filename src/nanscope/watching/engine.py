@@ -288,13 +288,19 @@ class Engine:
     def before_update(self, opt: torch.optim.Optimizer) -> None:
         w, _ = self.track(opt)
         it = self.log.current
-        if self.verdicts.refeed is not None:
-            self._discard(w)
-            if self.verdicts.refeed.stage is Stage.TRACING:
+        refeed = self.verdicts.refeed
+        if refeed is not None:
+            if refeed.stage is not Stage.TRACING:
+                self._discard(w)
+                refeed.passed()
+                return
+            try:
                 self._finish_refeed()  # may decide; what it decided is carried out below
-            else:
-                self.verdicts.refeed.passed()
-            if self.verdicts.refeed is not None or it.discard:
+            finally:
+                retry = self.verdicts.refeed is None and not it.discard and not self.verdicts.stopped
+                if not retry:  # a not_reproducible failure retried: the replay's finite update goes through
+                    self._discard(w)
+            if not retry:
                 return
         self.reader.poll()
         params = w.params()

@@ -82,12 +82,12 @@ class Triage:
             if trip.where == "parameters" and trip.watched
             else ()
         )
-        op, op_samples, whole = None, None, False
+        op, op_samples, whole, finite = None, None, False, False
         clean = not hps and not before and all(scan.clean for scan in scans)
         note = self.replay_note(it, current)
         if replay and trip.where in ("loss", "gradients") and clean and note is None:
             if self._step_fn is not None:
-                op, op_samples, whole = self._replay(it, trip.where)
+                op, op_samples, whole, finite = self._replay(it, trip.where)
             elif it.model_call is not None:
                 op, op_samples, whole, note = self._replay_model(it, trip.where)
         return Observation(
@@ -106,6 +106,7 @@ class Triage:
             op_samples=op_samples,
             op_whole_batch=whole,
             replay_note=note,
+            replay_finite=finite,
             layer_growth=self._layer_growth(),
             script_clip=it.script_clip,
         )
@@ -191,15 +192,25 @@ class Triage:
             "(non-deterministic ops, or state the replay cannot restore)"
         )
         obs: Observation = refeed.observation
-        return replace(obs, op=finding, op_samples=samples, op_whole_batch=whole, replay_note=note)
+        return replace(
+            obs,
+            op=finding,
+            op_samples=samples,
+            op_whole_batch=whole,
+            replay_note=note,
+            replay_finite=finding is None and refeed.replayed_finite,
+        )
 
-    def _replay(self, it: Iteration, trigger: str) -> tuple[OpFinding | None, tuple[int, ...] | None, bool]:
-        """Re-run the failing micro-batch through ``step_fn`` under op tracing (API mode)."""
+    def _replay(
+        self, it: Iteration, trigger: str
+    ) -> tuple[OpFinding | None, tuple[int, ...] | None, bool, bool]:
+        """Re-run the failing micro-batch through ``step_fn`` under op tracing (API mode): the origin op, its
+        samples, whether every row went bad, and whether the whole replay was finite."""
         assert self._step_fn is not None and it.rng is not None
         drawn = it.batches[-1]
         index_list, size = batch_rows(drawn.batch, drawn.indices)
-        finding = self._traced(self._step_fn, drawn.batch, it, size, trigger)
-        return (finding, *culprit_samples(finding, index_list, size))
+        finding, finite = self._traced(self._step_fn, drawn.batch, it, size, trigger)
+        return (finding, *culprit_samples(finding, index_list, size), finding is None and finite)
 
     def _replay_model(
         self, it: Iteration, trigger: str
@@ -223,7 +234,7 @@ class Triage:
         index_list, size = batch_rows(
             call.args if drawn is None else drawn.batch, None if drawn is None else drawn.indices
         )
-        finding = self._traced(functools.partial(call.rerun, backward=backward), None, it, size, trigger)
+        finding, _ = self._traced(functools.partial(call.rerun, backward=backward), None, it, size, trigger)
         note = None
         if finding is None:
             what = (
@@ -238,7 +249,7 @@ class Triage:
 
     def _traced(
         self, fn: Callable[[Any], object], batch: Any, it: Iteration, size: int | None, trigger: str
-    ) -> OpFinding | None:
+    ) -> tuple[OpFinding | None, bool]:
         """``fn(batch)`` from the failing micro-batch's RNG state under the op tracer; the run is left as it
         was (gradients, buffers, RNG); the engine ignores the events it produces."""
         assert it.rng is not None

@@ -131,7 +131,7 @@ class Verdicts:
         obs = self._triage.finish_refeed(refeed)
         notes, self._replaying = self._replaying, None
         if notes is None:
-            self._conclude(obs, self._log.current)
+            self._conclude(obs, self._log.current, retryable=True)
             return
         self._ranks.resync()
         mine = replace(notes[self._ranks.rank], observation=obs, replay_found=obs.op is not None)
@@ -218,6 +218,7 @@ class Verdicts:
         *,
         done: bool | None = None,
         settlement: Settlement | None = None,
+        retryable: bool = False,
     ) -> None:
         clip = it.script_clip or self.script_clip
         if obs.script_clip is None and clip is not None:
@@ -249,6 +250,7 @@ class Verdicts:
                 snapshot=snaps is not None and snaps.best() is not None,
                 first=first,
                 repeats=self._causes[cause_key] - 1,
+                retryable=retryable,
             )
         )
         self._act(decision, found, obs.step, it, first)
@@ -269,11 +271,17 @@ class Verdicts:
         if decision.action is Action.SKIP:
             it.discard = True
             rec.skip(step, found.cause.kind, decision.reason)
+        elif decision.action is Action.RETRY:  # the replaying iteration's update goes through
+            rec.retry(step, decision.reason)
         elif decision.action is Action.ROLLBACK:
             it.discard = True
             rec.schedule_rollback()
         if first or rec.failures % 10 == 0:
-            action = {Action.SKIP: "step skipped", Action.ROLLBACK: "rolling back"}.get(decision.action)
+            action = {
+                Action.SKIP: "step skipped",
+                Action.ROLLBACK: "rolling back",
+                Action.RETRY: "step retried",
+            }.get(decision.action)
             more = f" ({action}; {rec.failures} failed step(s) so far)" if action else ""
             text = self._report().headline() if first else f"non-finite {found.first.where} at step {step}"
             warnings.warn(text + more, NonFiniteWarning, stacklevel=user_stacklevel())
