@@ -118,14 +118,17 @@ class RecoveryRun:
     seconds_lost: float
 
 
-def recovery_run(job: str, policy: str, metric: str, baseline_kwargs: dict) -> RecoveryRun:
+def recovery_run(
+    job: str, policy: str, metric: str, baseline_kwargs: dict, kwargs: dict | None = None
+) -> RecoveryRun:
     module = importlib.import_module(job)
+    kwargs = kwargs or {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        plain = module.run()[metric]
+        plain = module.run(**kwargs)[metric]
         baseline = module.run(**baseline_kwargs)[metric]
         with nanscope.watch(None, None, policy=policy) as w:
-            recovered = module.run()[metric]
+            recovered = module.run(**kwargs)[metric]
     report = w.report()
     kinds: dict[str, int] = {}
     for i in report.interventions:
@@ -133,3 +136,28 @@ def recovery_run(job: str, policy: str, metric: str, baseline_kwargs: dict) -> R
     done = ", ".join(f"{n} {k}" for k, n in kinds.items()) or "none"
     lost = report.outcome.seconds_lost if report.outcome else 0.0
     return RecoveryRun(job, policy, metric, plain, baseline, recovered, done, lost)
+
+
+def lr_grid() -> list[RecoveryRun]:
+    """Runs started at several times their stable learning rate, under ``rollback``: least squares at 1.5x-10x
+    the stability limit (baseline: 0.75x) and a tanh MLP with momentum at 1.5x-10x its largest stable rate
+    (baseline: that rate)."""
+    runs = [
+        recovery_run("lr_too_high", "rollback", "loss", {"factor": 0.75}, {"factor": f})
+        for f in (1.5, 2.0, 3.0, 5.0, 10.0)
+    ]
+    runs += [
+        recovery_run("mlp_too_high", "rollback", "loss", {"factor": 1.0}, {"factor": f})
+        for f in (1.5, 2.5, 5.0, 10.0)
+    ]
+    return runs
+
+
+if __name__ == "__main__":  # python bench/recovery.py: the learning-rate grid alone
+    print("| job | x stable rate | plain | rollback | clean at a stable rate | ratio | interventions |")
+    print("|---|---|---|---|---|---|---|")
+    for r, f in zip(lr_grid(), (1.5, 2.0, 3.0, 5.0, 10.0, 1.5, 2.5, 5.0, 10.0), strict=True):
+        print(
+            f"| {r.job} | {f:g} | {r.plain:.4g} | {r.recovered:.6g} | {r.baseline:.6g} | "
+            f"{r.recovered / r.baseline:.4f} | {r.interventions} |"
+        )

@@ -1,8 +1,9 @@
 """Measure (b): least squares with an SGD learning rate 1.5x above the stability limit 2 / lambda_max.
 
 Plain PyTorch: the weights oscillate with growing amplitude until the loss overflows and the run dies.
-Under ``rollback`` the last good snapshot is restored with the rate halved, and the run converges. The
-baseline is the same run at half the rate.
+Under ``rollback`` the last good snapshot is restored with the rate divided by the grad norm's measured
+growth per step (which is 2x - 1 for gradient descent at x times the limit), and the run converges. The
+baseline is the run at 0.75x the limit.
 """
 
 import json

@@ -37,7 +37,7 @@ class Options:
     eager: bool
     track_data: bool
     quarantine: str | None
-    snapshot_every: int
+    snapshot_every: int | None
     snapshot_dir: str | None
     quiet: bool
     pid: int  # the ``nanscope run`` process itself (which watches on its own)
@@ -77,7 +77,7 @@ class Options:
         from nanscope.recover.policy import RollbackOptions, make_policy
         from nanscope.watching.watcher import Watcher
 
-        if self.snapshot_every < 1:
+        if self.snapshot_every is not None and self.snapshot_every < 1:
             raise UsageError(f"--snapshot-every must be >= 1, got {self.snapshot_every}")
         policy = make_policy(
             self.policy, rollback=RollbackOptions(every=self.snapshot_every, directory=self.snapshot_dir)

@@ -58,7 +58,11 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "Lightning and HF callbacks the framework's own writer is used instead",
     )
     parser.add_argument(
-        "--snapshot-every", type=int, default=50, metavar="N", help="rollback: snapshot every N steps (50)"
+        "--snapshot-every",
+        type=int,
+        metavar="N",
+        help="rollback: snapshot every N steps (default: adaptive, a quarter of the steps run so far, "
+        "between every 10 and every 50)",
     )
     parser.add_argument(
         "--snapshot-dir", metavar="DIR", help="rollback: keep snapshots as files in DIR instead of memory"

@@ -33,6 +33,7 @@ from nanscope.report.model import Intervention, Outcome
 __all__ = ["LiveState", "Recoverer", "discard_update", "find_schedulers_and_scalers"]
 
 _MAX_RECORDS = 100
+_EPISODE_CALM = 200  # steps without an early warning that end an episode of spikes
 
 
 def discard_update(params: Sequence[torch.Tensor]) -> None:
@@ -60,10 +61,12 @@ class Recoverer:
         self._recovery_seconds = 0.0
         self.gave_up = False
         self.rollback_due = False
-        self._backoff_level = 0  # rollbacks whose LR back-off is still in force
+        self._backoff = 1.0  # the learning-rate multiplier in force
+        self._ceiling = 2.0  # multipliers at or above this failed: relaxation stays below it
+        self._relaxed = False  # the multiplier in force was reached by relaxing
         self._calm_since = 0  # step of the last rollback or back-off relaxation
-        self._backoff_relaxed = False  # a back-off was relaxed once
-        self._backoff_kept = False  # ...and failed again: the lower rate stays for the rest of the run
+        self._episode: int | None = None  # step of the first early warning since the last calm or rollback
+        self._last_warning = 0
         self._lr_saved: dict[int, list[tuple[dict[str, Any], float]]] = {}
 
     # ------------------------------------------------------------------ checkpointed state
@@ -74,10 +77,10 @@ class Recoverer:
         "_rollbacks",
         "_undone",
         "_clipped",
-        "_backoff_level",
+        "_backoff",
+        "_ceiling",
+        "_relaxed",
         "_calm_since",
-        "_backoff_relaxed",
-        "_backoff_kept",
     )
 
     def state_dict(self) -> dict[str, Any]:
@@ -167,9 +170,9 @@ class Recoverer:
 
     def back_off(self, opt: torch.optim.Optimizer) -> float:
         """Scale this update's learning rates by the back-off in force; returns the factor (1.0: none)."""
-        if not self._backoff_level:
+        if self._backoff == 1.0:
             return 1.0
-        factor = self._policy.rollback.backoff**self._backoff_level
+        factor = self.lr_factor
         saved = []
         for group in opt.param_groups:
             lr = group.get("lr")
@@ -201,10 +204,38 @@ class Recoverer:
                 torch._foreach_mul_(grads, coef.to(grads[0].dtype))
         return limit
 
-    def roll_back(self, step: int) -> None:
+    @property
+    def lr_factor(self) -> float:
+        """The learning-rate multiplier in force (1.0: none)."""
+        return self._backoff
+
+    def _can_relax(self) -> bool:
+        """Whether the back-off may still be doubled back: it is on, and doubling stays below every
+        multiplier that failed."""
+        return (
+            self._policy.rollback.cooldown is not None
+            and self._backoff < 1.0
+            and min(1.0, 2 * self._backoff) < self._ceiling
+        )
+
+    def warned(self, step: int) -> None:
+        """An early warning (a loss or grad-norm spike) at ``step``: the first of an episode marks the state
+        a rollback should go back before, and rotation keeps a good snapshot from before it."""
+        if self._episode is None:
+            self._episode = step
+            if self.snapshots is not None:
+                self.snapshots.hold = step
+        self._last_warning = step
+
+    def roll_back(self, step: int, growth: float | None = None) -> None:
+        """Restore the newest good snapshot from before the episode's first early warning, and back the LR
+        off: by ``1 / growth`` (the grad norm's measured per-step growth before the failure) when that is
+        lower than the policy's ``backoff``."""
         self.rollback_due = False
         assert self.snapshots is not None
-        snap = self.snapshots.best()
+        episode, self._episode = self._episode, None
+        snap = self.snapshots.best(before=episode)
+        self.snapshots.hold = None
         if snap is None:
             return
         start = time.perf_counter()
@@ -213,40 +244,52 @@ class Recoverer:
         self._recovery_seconds += time.perf_counter() - start
         self._rollbacks += 1
         self._undone += step - snap.step
-        self._backoff_level += 1
-        self._backoff_kept = self._backoff_kept or self._backoff_relaxed
-        self._calm_since = step
         options = self._policy.rollback
-        factor = options.backoff**self._backoff_level
+        factor, steady = options.backoff, False
+        if self._relaxed:  # it failed at a rate it had just doubled back to: back to the last one that held
+            factor = 0.5
+        elif growth is not None and growth * options.backoff > 1:  # steady divergence: the rate is too high
+            factor, steady = max(options.backoff**2, 1 / growth), True
+        if steady or self._relaxed:  # the rate itself is too high (it diverged, or failed once relaxed to):
+            self._ceiling = min(self._ceiling, self._backoff)  # relaxation stays below it from now on
+        self._backoff *= factor
+        self._relaxed = False
+        self._calm_since = step
+        total = self._backoff
         until = (
             "for the rest of the run"
-            if options.cooldown is None or self._backoff_kept
-            else f"one factor undone per {options.cooldown} steps without failure"
+            if not self._can_relax()
+            else f"doubled back per {options.cooldown} steps without failure, below x{min(self._ceiling, 1):.3g}"
+        )
+        sized = f"; x{factor:.3g} from the grad norm's growth of x{growth:.3g} per step" if steady else ""
+        before = (
+            f" (before the spike at step {episode})" if episode is not None and snap.step < episode else ""
         )
         self.record(
             step,
             "rollback",
-            f"restored the snapshot of step {snap.step} ({'confirmed good' if good else 'not yet confirmed'}"
-            f"; {step - snap.step} steps undone); lr x{factor:g} ({until})",
+            f"restored the snapshot of step {snap.step}{before} ({'confirmed good' if good else 'not yet confirmed'}"
+            f"; {step - snap.step} steps undone); lr x{total:.3g}{sized} ({until})",
             to_step=snap.step,
             confirmed=good,
             steps_undone=step - snap.step,
-            lr_factor=factor,
+            lr_factor=total,
+            backoff=factor,
+            growth=growth,
             cooldown=options.cooldown,
         )
 
     def iteration_done(self, step: int) -> None:
         """A step completed (all optimizers stepped): relax the back-off, take a snapshot when one is due."""
         cooldown = self._policy.rollback.cooldown
-        if (
-            self._backoff_level
-            and cooldown is not None
-            and not self._backoff_kept
-            and step - self._calm_since >= cooldown
-        ):
-            self._backoff_level -= 1
-            self._backoff_relaxed = True
+        if cooldown is not None and self._can_relax() and step - self._calm_since >= cooldown:
+            self._backoff = min(1.0, 2 * self._backoff)
+            self._relaxed = True
             self._calm_since = step
+        if self._episode is not None and step - self._last_warning > _EPISODE_CALM:
+            self._episode = None  # the spikes passed without a failure
+            if self.snapshots is not None:
+                self.snapshots.hold = None
         if self.snapshots is not None and self.snapshots.due(step) and not self.rollback_due:
             self.snapshots.take(step, self._live())
 

@@ -24,6 +24,9 @@ the watcher describes the event (:class:`Event`) and receives a :class:`Decision
 from __future__ import annotations
 
 import enum
+import math
+import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from nanscope.detect.diagnose import Diagnosis
@@ -40,6 +43,7 @@ __all__ = [
     "Policy",
     "RollbackOptions",
     "make_policy",
+    "step_growth",
 ]
 
 HANDLERS = ("stop", "warn", "skip", "rollback")
@@ -72,15 +76,24 @@ class GiveUp:
 
 @dataclass(frozen=True, slots=True)
 class RollbackOptions:
-    """Snapshots every ``every`` steps, at most ``keep`` of them (in memory, or as files in ``directory``);
-    one counts as good once ``confirm`` later steps stayed finite.
+    """Snapshots every ``every`` steps (``None``: adaptive, see below), at most ``keep`` of them (in memory,
+    or as files in ``directory``); one counts as good once ``confirm`` later steps stayed finite.
 
-    Each rollback multiplies the learning rate by ``backoff`` once more (0.5, then 0.25, ...); every
-    ``cooldown`` steps without a failure undo one of those factors, so a one-off failure costs a while at a
-    lower rate. A failure after such a relaxation shows that the rate itself is too high: from then on the
-    back-off is kept for the rest of the run. ``cooldown=None`` keeps it from the first rollback."""
+    Adaptive spacing (``every=None``): a quarter of the steps run so far, at least ``confirm`` and at most
+    ``max_every`` (every 10 steps up to step 40, then wider up to every 50 from step 200): a short run is not
+    rolled back to its start each time, a long one keeps the cost low. It depends on the step only, so a
+    run is reproducible and every rank of a distributed run snapshots at the same steps.
 
-    every: int = 50
+    Each rollback restores the newest good snapshot taken before the first early warning (loss or grad-norm
+    spike) of the episode that failed, and multiplies the learning rate by a back-off: ``backoff``, or, when
+    the grad norm grew steadily before the failure, one over its measured per-step growth (at most
+    ``backoff``): the rate was too high by about that much. Every ``cooldown`` steps without a failure undo
+    one one-off factor, so a one-off failure costs a while at a lower rate; a factor sized from steady growth
+    (x2 or more per step), and every factor after a failure that followed a relaxation, is kept for the rest
+    of the run. ``cooldown=None`` keeps every factor from the first rollback."""
+
+    every: int | None = None
+    max_every: int = 50
     keep: int = 2
     confirm: int = 10
     backoff: float = 0.5
@@ -141,8 +154,17 @@ class Policy:
                 "already non-finite when the samples are excluded; use quarantine+skip or quarantine+rollback"
             )
         r, g = self.rollback, self.give_up
-        if r.every < 1 or r.keep < 1 or r.confirm < 0 or (r.cooldown is not None and r.cooldown < 1):
-            problems.append("rollback needs every >= 1, keep >= 1, confirm >= 0 and cooldown >= 1 (or None)")
+        if (
+            (r.every is not None and r.every < 1)
+            or r.max_every < 1
+            or r.keep < 1
+            or r.confirm < 0
+            or (r.cooldown is not None and r.cooldown < 1)
+        ):
+            problems.append(
+                "rollback needs every >= 1 (or None: adaptive), max_every >= 1, keep >= 1, confirm >= 0 and "
+                "cooldown >= 1 (or None)"
+            )
         if not 0 < r.backoff <= 1:
             problems.append(f"rollback backoff must be in (0, 1]; got {r.backoff}")
         if g.consecutive < 1 or not 0 < g.fraction <= 1 or g.min_steps < 0:
@@ -211,7 +233,9 @@ class Policy:
                 return Decision(Action.RETRY, (), "the failure did not reproduce: the step was run again")
             return Decision(Action.SKIP, (), "the failure did not reproduce; the step was skipped")
         if self.handler == "rollback":
-            if not event.applied and cause.kind in _BATCH_KINDS:
+            # the batch explains it: skipped, unless op failures repeat step after step (the weights drift)
+            repeated = cause.kind != "nonfinite_input" and event.consecutive >= 2
+            if not event.applied and cause.kind in _BATCH_KINDS and not (repeated and event.snapshot):
                 reason = "the batch explains it and the weights before it are intact: no rollback"
                 return Decision(Action.SKIP, samples, reason)
             if event.snapshot:
@@ -236,6 +260,26 @@ class Policy:
         if event.steps >= g.min_steps and event.failures > g.fraction * steps:
             return f"{event.failures} failed steps out of {steps} (limit {g.fraction:.0%})"
         return ""
+
+
+def step_growth(grad_norms: Sequence[float | None], window: int = 10) -> float | None:
+    """The grad norm's growth per iteration just before a failure: a least-squares fit of log(norm) over the
+    last ``window`` finite iterations in a row (non-finite ones at the end are left out). ``None`` with fewer
+    than 4 such iterations. Iterations are taken by position, not by step number, which repeats after a
+    rollback."""
+    values = list(grad_norms)
+    while values and (values[-1] is None or not math.isfinite(values[-1])):
+        values.pop()
+    run: list[float] = []
+    for v in reversed(values):
+        if v is None or not math.isfinite(v) or v <= 0 or len(run) == window:
+            break
+        run.append(math.log(v))
+    if len(run) < 4:
+        return None
+    run.reverse()
+    slope, _ = statistics.linear_regression(range(len(run)), run)
+    return math.exp(slope)
 
 
 def make_policy(spec: str | Policy, **options: object) -> Policy:

@@ -111,9 +111,24 @@ class Snapshots:
     items: list[Snapshot] = field(default_factory=list)
     taken: int = 0
     seconds: float = 0.0
+    hold: int | None = None  # rotation keeps the newest good snapshot taken before this step (a warning's)
+    _last_step: int = 0
+
+    def spacing(self, step: int) -> int:
+        """Steps between snapshots at ``step``: ``every``, or (adaptive) a quarter of the run so far, between
+        ``confirm`` and ``max_every`` steps (a short run is not rolled back to its start each time; the
+        same on every rank)."""
+        if self.options.every is not None:
+            return self.options.every
+        return min(self.options.max_every, max(self.options.confirm, 1, step // 4))
 
     def due(self, step: int) -> bool:
-        return step % self.options.every == 0 and not any(s.step == step for s in self.items)
+        """Whether a snapshot is due after ``step`` completed steps."""
+        if any(s.step == step for s in self.items):
+            return False
+        if self.options.every is not None:
+            return step % self.options.every == 0
+        return step - self._last_step >= self.spacing(step)
 
     def take(self, step: int, state: State) -> Snapshot:
         start = time.perf_counter()
@@ -126,6 +141,7 @@ class Snapshots:
         self.items.append(snap)
         self._rotate()
         self.taken += 1
+        self._last_step = step
         self.seconds += time.perf_counter() - start
         return snap
 
@@ -136,9 +152,11 @@ class Snapshots:
         return atomic_write(directory / name, lambda fh: torch.save(payload, fh))
 
     def _rotate(self) -> None:
-        newest_good = self.newest_good()
-        while len(self.items) > self.options.keep:
-            victim = next((s for s in self.items if s is not newest_good), None)
+        newest, held = self.newest_good(), self.newest_good(before=self.hold)
+        kept = {id(newest), id(held)}
+        extra = 1 if held is not None and held is not newest else 0  # held beyond ``keep`` while it matters
+        while len(self.items) > self.options.keep + extra:
+            victim = next((s for s in self.items if id(s) not in kept), None)
             if victim is None:
                 break
             self._drop(victim)
@@ -155,12 +173,17 @@ class Snapshots:
                 snap.good = True
         self._rotate()
 
-    def newest_good(self) -> Snapshot | None:
-        good = [s for s in self.items if s.good]
+    def newest_good(self, before: int | None = None) -> Snapshot | None:
+        good = [s for s in self.items if s.good and (before is None or s.step < before)]
         return good[-1] if good else None
 
-    def best(self) -> Snapshot | None:
-        """The snapshot to roll back to: the newest good one, else the oldest one kept (nearest the start)."""
+    def best(self, before: int | None = None) -> Snapshot | None:
+        """The snapshot to roll back to: the newest good one (taken before step ``before`` when one was),
+        else the oldest one kept (nearest the start)."""
+        if before is not None:
+            found = self.newest_good(before)
+            if found is not None:
+                return found
         return self.newest_good() or (self.items[0] if self.items else None)
 
     def restore(self, snap: Snapshot, state: State) -> None:

@@ -30,7 +30,7 @@ from nanscope.localize.model_call import ModelCall
 from nanscope.localize.refeed import Stage
 from nanscope.localize.replay import RngState
 from nanscope.recover.actions import LiveState, Recoverer, discard_update
-from nanscope.recover.policy import Policy
+from nanscope.recover.policy import Policy, step_growth
 from nanscope.recover.snapshot import State
 from nanscope.report.model import Report
 from nanscope.report.tensorboard import TensorBoardSink
@@ -51,6 +51,7 @@ from nanscope.watching.verdicts import Verdicts
 __all__ = ["Engine"]
 
 _MAX_BATCHES = 8  # micro-batches kept per iteration
+_GROWTH_WINDOW = 10  # finite steps before a failure over which the grad norm's growth sizes the LR back-off
 
 
 class Engine:
@@ -210,7 +211,7 @@ class Engine:
                 it.discard = True  # consumes another batch before the replayed one comes round
             return
         if self.recoverer.rollback_due:
-            self.recoverer.roll_back(self.step())
+            self._roll_back()
         if not it.started:
             it.started = True
             if self.policy.recovers:
@@ -318,7 +319,7 @@ class Engine:
         if self.verdicts.refeed is not None or it.discard or due:
             self._discard(w)  # a check above tripped, or an earlier decision: the update must not run
             if due:
-                self.recoverer.roll_back(self.step())
+                self._roll_back()
             return
         self.recoverer.first_snapshot(self.step())
         factor = self.recoverer.back_off(opt)
@@ -327,6 +328,10 @@ class Engine:
         limit = self.recoverer.clip(params, w.readings)
         if limit is not None:
             it.clip_threshold = limit
+
+    def _roll_back(self) -> None:
+        """Carry out a decided rollback, the LR back-off sized by the grad norm's growth before the failure."""
+        self.recoverer.roll_back(self.step(), step_growth(self.log.history().grad_norm, _GROWTH_WINDOW))
 
     def _agree(self, it: Iteration) -> None:
         """Every rank, every step, at the first optimizer's update: whether any rank saw a non-finite value
@@ -384,7 +389,10 @@ class Engine:
         it.settled = True
         if not it.failed:
             self.recoverer.settled(it.step, it.grad_norm, it.clip_threshold)
+            warned = len(self.early.items)
             self.early.update(it.step, it.mean_loss, it.grad_norm)
+            if len(self.early.items) > warned:
+                self.recoverer.warned(it.step)
         if self.tensorboard is not None:
             self._log(it)
 
