@@ -133,7 +133,10 @@ def test_mean_over_a_fully_ignored_target_set():
     x, y = torch.randn(4, 4), torch.full((4,), -100)
     report = run(model, [(x, y)], lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1]))
     assert report.cause.kind == "domain_error" and report.cause.op.startswith("nll_loss")
-    assert report.cause.samples is None
+    # every sample has the property (no valid target): the re-runs on parts of the batch name them all
+    assert report.cause.samples == (0, 1, 2, 3)
+    (evidence,) = [e for e in report.cause.evidence if e.label == "counterfactual"]
+    assert "every sample of the batch fails on its own" in evidence.detail
 
 
 def test_float16_overflow_names_the_dtype():

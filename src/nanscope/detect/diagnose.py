@@ -47,6 +47,7 @@ class Observation:
     op_whole_batch: bool = False  # every row went non-finite: a property of the batch, not of samples
     # the failing iteration was replayed from the same batch, weights and RNG state, and every op was finite
     replay_finite: bool = False
+    counterfactual: Evidence | None = None  # re-runs on parts of the batch (localize.counterfactual)
     # (parameter, first, last grad norm), fastest first
     layer_growth: tuple[tuple[str, float, float], ...] = ()
     script_clip: tuple[str, float] | None = None  # ("norm" | "value", limit) when the script clips itself
@@ -159,6 +160,7 @@ def _schedule_jump(found: Diagnosis, obs: Observation) -> Diagnosis:
         kind="invalid_hyperparameter",
         phase="schedule",
         hyperparameter="lr",
+        samples=None,  # the schedule, not the data: any sample breaks on the weights it left
         summary=f"the learning rate jumped x{after / before:.3g} at step {step} ({before:.4g} -> {after:.4g}) and "
         f"the run diverged at step {obs.step}{where}",
         evidence=(note, *found.cause.evidence),
@@ -323,6 +325,8 @@ def _diagnose(obs: Observation) -> Diagnosis:
                     },
                 )
             )
+        if obs.counterfactual is not None:
+            facts.append(obs.counterfactual)
         if op.rows is not None:
             whole = obs.op_whole_batch
             facts.append(
@@ -334,7 +338,7 @@ def _diagnose(obs: Observation) -> Diagnosis:
                     {"rows": list(op.rows)},
                 )
             )
-        elif obs.batches_tracked:
+        elif obs.batches_tracked and obs.counterfactual is None:
             facts.append(
                 Evidence(
                     "rows",
@@ -346,13 +350,17 @@ def _diagnose(obs: Observation) -> Diagnosis:
             facts.append(growth)
         if found.kind == "gradient_explosion" and obs.layer_growth:
             facts.append(_layers(obs.layer_growth))
+        samples = obs.op_samples
+        cf = obs.counterfactual
+        if cf is not None and found.kind in ("overflow", "gradient_explosion") and cf.data.get("every"):
+            samples = None  # every sample fails on its own on these weights: the weights, not the data
         cause = Cause(
             kind=found.kind,
             phase=found.phase or op.phase,  # type: ignore[arg-type]
             summary=found.summary,
             module=found.module,
             op=found.op,
-            samples=obs.op_samples,
+            samples=samples,
             evidence=tuple(facts) + touched,
         )
         explode = found.kind in ("gradient_explosion", "overflow")

@@ -16,13 +16,14 @@ the fix. Two rules look beyond the op:
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from nanscope.localize.trace import OpFinding, TensorStats
 from nanscope.report.model import History
 
-__all__ = ["RULES", "Classified", "classify", "exploding", "growth"]
+__all__ = ["RULES", "Classified", "classify", "exploding", "grad_jump", "growth"]
 
 _LOGS = {"log", "log2", "log10", "log1p", "xlogy", "special_xlog1py"}
 _DIVS = {"div", "true_divide", "floor_divide", "remainder", "fmod"}
@@ -96,9 +97,37 @@ def growth(history: History, window: int = 50) -> tuple[float, float, int] | Non
 
 
 def exploding(history: History) -> bool:
-    """Steady growth: the fitted grad norm rose at least 100x over the window, at more than 5 % a step."""
+    """Steady growth: the fitted grad norm rose at least 100x over the window, at more than 5 % a step; or a
+    sudden exploding gradient (:func:`grad_jump`)."""
     grow = growth(history)
-    return grow is not None and grow[0] >= 100 and grow[1] > 1.05
+    return (grow is not None and grow[0] >= 100 and grow[1] > 1.05) or grad_jump(history) is not None
+
+
+def grad_jump(history: History, within: int = 3, factor: float = 100.0) -> tuple[int, float, float] | None:
+    """A sudden exploding gradient just before the failure (an RNN's, typically): one of the last ``within``
+    finite grad norms at least ``factor`` times the median of the (up to) 20 finite ones before it, so the
+    update it drove blew the weights up. ``(step, that median, the norm)``."""
+    points = [
+        (s, v)
+        for s, v in zip(history.step, history.grad_norm, strict=False)
+        if v is not None and math.isfinite(v)
+    ]
+    for i in range(max(len(points) - within, 5), len(points)):
+        level = statistics.median(v for _, v in points[max(0, i - 20) : i])
+        if level > 0 and points[i][1] >= factor * level:
+            return points[i][0], level, points[i][1]
+    return None
+
+
+def _jump_text(history: History) -> str:
+    jump = grad_jump(history)
+    if jump is None:
+        return ""
+    step, level, value = jump
+    return (
+        f"; at step {step} the grad norm jumped to {value:.3g} from a running level of {level:.3g} "
+        f"(x{value / level:.3g}): an exploding gradient, whose update blew the weights up"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,7 +335,8 @@ def _provenance(c: Case) -> Classified | None:
         )
     return Classified(
         "gradient_explosion" if c.explode else "overflow",
-        f"{origin} took values of at most {e.input_max:.3g} to {e.output_max:.3g}; {surfaced}",
+        f"{origin} took values of at most {e.input_max:.3g} to {e.output_max:.3g}; {surfaced}"
+        + (_jump_text(c.history) if c.explode else ""),
         (_FLOAT16, fix) if f.output_dtype == "float16" else (fix,),
         op=e.op,
         module=e.module,
@@ -359,6 +389,16 @@ def _overflow(c: Case) -> Classified | None:
         return None
     text = f"{c.where} overflowed {f.output_dtype} from finite inputs ({f.inf} Inf, {f.nan} NaN)"
     grow = growth(c.history)
+    jump = _jump_text(c.history)
+    if c.explode and jump:
+        return Classified(
+            "gradient_explosion",
+            text + jump,
+            (
+                "Clip gradients (torch.nn.utils.clip_grad_norm_): one exploding gradient is enough to ruin the "
+                "weights (the RNN case); lower the learning rate if it recurs.",
+            ),
+        )
     if c.explode and grow is not None:
         text += (
             f"; before it the grad norm grew x{grow[0]:.3g} over {grow[2]} steps (x{grow[1]:.3g} per step): "

@@ -24,6 +24,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+from nanscope.localize.model_call import ModelCall
 from nanscope.localize.replay import RngState
 from nanscope.localize.trace import OpFinding, OpTracer
 
@@ -49,6 +50,9 @@ class Refeed:
     loss_nan: bool
     stage: Stage = Stage.PARKED
     replayed_finite: bool = False  # the replay ran and no op of it produced a NaN/Inf
+    model_call: ModelCall | None = (
+        None  # the replayed micro-batch's first model call (counterfactual re-runs)
+    )
 
     def hand_out(self, dataset: Any) -> bool:
         """Whether the next batch of a loader over ``dataset`` is the failing one again; if so, tracing
@@ -71,12 +75,13 @@ class Refeed:
         if self.stage is Stage.HANDED_OUT:
             self.tracer.reset()
 
-    def start(self, module: str | None) -> None:
+    def start(self, module: str | None, call: ModelCall | None = None) -> None:
         """The micro-batch that consumes the failing batch begins (its first forward, of the module named
         ``module``, is starting; the tracer's forward hook, registered after nanscope's, sees it next): the
         RNG of the failing micro-batch is restored."""
         self.rng.restore()
         self.stage = Stage.TRACING
+        self.model_call = call
 
     def stop(self) -> OpFinding | None:
         """Leave the tracer (if entered) and return the op that created the first NaN/Inf, if any."""

@@ -206,7 +206,7 @@ class Engine:
         refeed = self.verdicts.refeed
         if refeed is not None:
             if drawn is not None and drawn.replay and refeed.stage is Stage.HANDED_OUT:
-                refeed.start(self.naming.module(module))
+                refeed.start(self.naming.module(module), ModelCall(module, args, kwargs))
             elif refeed.stage is not Stage.TRACING:
                 it.discard = True  # consumes another batch before the replayed one comes round
             return

@@ -19,8 +19,10 @@ import torch
 from nanscope._tree import local_part
 from nanscope.detect.diagnose import Observation
 from nanscope.detect.scan import BadHyperparameter, nonfinite_hyperparameters, nonfinite_names, scan_batch
+from nanscope.localize.counterfactual import find_culprits, take_rows
+from nanscope.localize.model_call import ModelCall
 from nanscope.localize.refeed import Refeed
-from nanscope.localize.replay import replay
+from nanscope.localize.replay import RngState, replay
 from nanscope.localize.samples import batch_rows, culprit_samples
 from nanscope.localize.trace import OpFinding, OpTracer
 from nanscope.recover.policy import Policy
@@ -82,14 +84,14 @@ class Triage:
             if trip.where == "parameters" and trip.watched
             else ()
         )
-        op, op_samples, whole, finite = None, None, False, False
+        op, op_samples, whole, finite, counterfactual = None, None, False, False, None
         clean = not hps and not before and all(scan.clean for scan in scans)
         note = self.replay_note(it, current)
         if replay and trip.where in ("loss", "gradients") and clean and note is None:
             if self._step_fn is not None:
-                op, op_samples, whole, finite = self._replay(it, trip.where)
+                op, op_samples, whole, finite, counterfactual = self._replay(it, trip.where)
             elif it.model_call is not None:
-                op, op_samples, whole, note = self._replay_model(it, trip.where)
+                op, op_samples, whole, note, counterfactual = self._replay_model(it, trip.where)
         return Observation(
             step=it.step,
             trigger=trip.where,
@@ -107,6 +109,7 @@ class Triage:
             op_whole_batch=whole,
             replay_note=note,
             replay_finite=finite,
+            counterfactual=counterfactual,
             layer_growth=self._layer_growth(),
             script_clip=it.script_clip,
         )
@@ -185,6 +188,20 @@ class Triage:
     def finish_refeed(self, refeed: Refeed) -> Observation:
         finding = refeed.stop()
         samples, whole = culprit_samples(finding, refeed.index_list, refeed.batch_size)
+        counterfactual = None
+        call = refeed.model_call
+        if finding is not None and finding.phase == "forward" and call is not None and refeed.batch_size:
+            size = refeed.batch_size
+            counterfactual, samples, whole = self._counterfactual(
+                finding,
+                lambda rows: self._traced(
+                    _call_on(call, rows, size), None, refeed.rng, len(rows), "loss", True
+                ),
+                size,
+                refeed.index_list,
+                samples,
+                whole,
+            )
         note = (
             None
             if finding is not None
@@ -199,25 +216,43 @@ class Triage:
             op_whole_batch=whole,
             replay_note=note,
             replay_finite=finding is None and refeed.replayed_finite,
+            counterfactual=counterfactual,
         )
 
     def _replay(
         self, it: Iteration, trigger: str
-    ) -> tuple[OpFinding | None, tuple[int, ...] | None, bool, bool]:
+    ) -> tuple[OpFinding | None, tuple[int, ...] | None, bool, bool, Evidence | None]:
         """Re-run the failing micro-batch through ``step_fn`` under op tracing (API mode): the origin op, its
-        samples, whether every row went bad, and whether the whole replay was finite."""
-        assert self._step_fn is not None and it.rng is not None
+        samples, whether every row went bad, whether the whole replay was finite, and the counterfactual
+        re-runs on parts of the batch (each through ``step_fn``)."""
+        step_fn = self._step_fn
+        assert step_fn is not None and it.rng is not None
+        rng, loss_nan = it.rng, _loss_nan(it)
         drawn = it.batches[-1]
         index_list, size = batch_rows(drawn.batch, drawn.indices)
-        finding, finite = self._traced(self._step_fn, drawn.batch, it, size, trigger)
-        return (finding, *culprit_samples(finding, index_list, size), finding is None and finite)
+        finding, finite = self._traced(step_fn, drawn.batch, rng, size, trigger, loss_nan)
+        samples, whole = culprit_samples(finding, index_list, size)
+        counterfactual = None
+        if finding is not None and size:
+            counterfactual, samples, whole = self._counterfactual(
+                finding,
+                lambda rows: self._traced(
+                    step_fn, take_rows(drawn.batch, rows, size), rng, len(rows), trigger, loss_nan
+                ),
+                size,
+                index_list,
+                samples,
+                whole,
+            )
+        return finding, samples, whole, finding is None and finite, counterfactual
 
     def _replay_model(
         self, it: Iteration, trigger: str
-    ) -> tuple[OpFinding | None, tuple[int, ...] | None, bool, str | None]:
+    ) -> tuple[OpFinding | None, tuple[int, ...] | None, bool, str | None, Evidence | None]:
         """Re-run the model alone under op tracing (the batch did not come from a DataLoader)."""
         call = it.model_call
         assert call is not None and it.rng is not None
+        rng, loss_nan = it.rng, _loss_nan(it)
         backward = trigger == "gradients"
         if backward and not call.grads:
             return (
@@ -229,12 +264,26 @@ class Triage:
                     "were no longer kept when the values were read (lazy device reads: use eager=True, or pass "
                     "step_fn=...)"
                 ),
+                None,
             )
         drawn = it.batches[-1] if it.batches else None
         index_list, size = batch_rows(
             call.args if drawn is None else drawn.batch, None if drawn is None else drawn.indices
         )
-        finding, _ = self._traced(functools.partial(call.rerun, backward=backward), None, it, size, trigger)
+        finding, _ = self._traced(
+            functools.partial(call.rerun, backward=backward), None, rng, size, trigger, loss_nan
+        )
+        samples, whole = culprit_samples(finding, index_list, size)
+        counterfactual = None
+        if finding is not None and finding.phase == "forward" and size:
+            counterfactual, samples, whole = self._counterfactual(
+                finding,
+                lambda rows: self._traced(_call_on(call, rows, size), None, rng, len(rows), "loss", True),
+                size,
+                index_list,
+                samples,
+                whole,
+            )
         note = None
         if finding is None:
             what = (
@@ -245,27 +294,74 @@ class Triage:
                 f"{what}): no op inside it created the NaN/Inf, so the origin is outside the model (in the "
                 "loss or the code around the model); pass step_fn=... to trace the whole step"
             )
-        return (finding, *culprit_samples(finding, index_list, size), note)
+        return finding, samples, whole, note, counterfactual
+
+    def _counterfactual(
+        self,
+        origin: OpFinding,
+        replayed: Callable[[list[int]], tuple[OpFinding | None, bool]],
+        size: int,
+        index_list: list[int] | None,
+        samples: tuple[int, ...] | None,
+        whole: bool,
+    ) -> tuple[Evidence | None, tuple[int, ...] | None, bool]:
+        """Re-run the failing computation on parts of the batch (``replayed(rows)``) to find the rows whose
+        presence makes it fail; returns the evidence and the samples and whole-batch flag it supports."""
+
+        def fails(rows: list[int]) -> bool | None:
+            """The failure appears: the same op creates a NaN/Inf again (a harmless -inf a mask makes on a
+            part of the batch does not count)."""
+            try:
+                again = replayed(rows)[0]
+            except Exception:  # the computation does not run on part of the batch (fixed shapes)
+                return None
+            return again is not None and (again.aten, again.phase) == (origin.aten, origin.phase)
+
+        found = find_culprits(fails, size)
+        if found is None:
+            return None, samples, whole
+        names = index_list if index_list is not None and len(index_list) == size else None
+        data = {
+            "rows": list(found.culprits),
+            "samples": None if names is None else [names[r] for r in found.culprits],
+            "together": found.together,
+            "every": len(found.culprits) == size,
+            "confirmed": found.confirmed,
+            "runs": found.runs,
+            "rows_run": found.rows_run,
+        }
+        evidence = Evidence("counterfactual", found.text(names), data)
+        if found.together:
+            return evidence, None, True
+        if found.culprits and (found.confirmed or len(found.culprits) == size):
+            named = None if names is None else tuple(sorted({names[r] for r in found.culprits}))
+            return evidence, named, False
+        return evidence, samples, whole
 
     def _traced(
-        self, fn: Callable[[Any], object], batch: Any, it: Iteration, size: int | None, trigger: str
+        self,
+        fn: Callable[[Any], object],
+        batch: Any,
+        rng: RngState,
+        size: int | None,
+        trigger: str,
+        loss_nan: bool,
     ) -> tuple[OpFinding | None, bool]:
         """``fn(batch)`` from the failing micro-batch's RNG state under the op tracer; the run is left as it
         was (gradients, buffers, RNG); the engine ignores the events it produces."""
-        assert it.rng is not None
         self.replaying = True
         try:
             return replay(
                 fn,
                 batch,
-                start=it.rng,
+                start=rng,
                 params=[p for w in self._watched() for p in w.params()],
                 buffers=[b for model in self._naming.models.values() for b in model.buffers()],
                 module_names=self._module_names(),
                 param_names=self._naming.param_names(),
                 batch_size=size,
                 trigger=trigger,
-                loss_nan=_loss_nan(it),
+                loss_nan=loss_nan,
             )
         finally:
             self.replaying = False
@@ -320,6 +416,12 @@ class Triage:
                     detail += "; optimizer state there: " + "; ".join(state_bits)
                 notes.append(Evidence("optimizer update", detail, {"parameter": name, "group": g, **hp}))
         return tuple(notes)
+
+
+def _call_on(call: ModelCall, rows: list[int], size: int) -> Callable[[Any], object]:
+    """The model's forward on ``rows`` of the recorded call's inputs."""
+    args, kwargs = take_rows(call.args, rows, size), take_rows(call.kwargs, rows, size)
+    return lambda _batch: call.module(*args, **kwargs)
 
 
 def _prefixed(prefix: str, model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
