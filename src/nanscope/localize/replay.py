@@ -64,13 +64,16 @@ def replay(
     param_names: dict[int, str] | None = None,
     trigger: str = "loss",
     loss_nan: bool = True,
+    stop_at: tuple[str, str] | None = None,
 ) -> tuple[OpFinding | None, bool]:
     """Run ``step_fn(batch)`` from RNG state ``start`` under an :class:`OpTracer`; restore everything after.
-    Returns the origin op, and whether every op of the replay was finite (the failure did not reproduce)."""
+    Returns the origin op, and whether every op of the replay was finite (the failure did not reproduce).
+    With ``stop_at`` (a light tracer) it raises :class:`~nanscope.localize.trace.OriginFound` as soon as
+    that op creates a NaN/Inf, after putting everything back."""
     grads = [p.grad for p in params]
     saved_buffers = [b.detach().clone() for b in buffers]
     now = RngState.capture()
-    tracer = OpTracer(module_names, batch_size, param_names)
+    tracer = OpTracer(module_names, batch_size, param_names, stop_at)
     try:
         for p in params:
             p.grad = None

@@ -36,7 +36,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
-__all__ = ["Extreme", "OpFinding", "OpTracer", "TensorStats", "extreme_level"]
+__all__ = ["Extreme", "OpFinding", "OpTracer", "OriginFound", "TensorStats", "extreme_level"]
 
 Phase = Literal["data", "forward", "loss", "backward"]
 
@@ -309,11 +309,17 @@ class _Origins(TorchFunctionMode):
         return out
 
 
+class OriginFound(Exception):
+    """Raised by an :class:`OpTracer` with ``stop_at`` when that op creates a NaN/Inf: the re-run can stop."""
+
+
 class OpTracer(TorchDispatchMode):
     """Use as a context manager around one iteration (or forward, loss and backward); read :meth:`pick`.
 
     ``module_names`` names the watched models' modules (id -> name; the root may be ``""``),
     ``param_names`` their parameters (id -> name, for provenance), ``batch_size`` the rows of the batch.
+    ``stop_at=(aten name, phase)`` makes a light tracer for counterfactual re-runs: no provenance, no source
+    lines, and :class:`OriginFound` is raised as soon as that op creates a NaN/Inf.
     """
 
     def __init__(
@@ -321,8 +327,10 @@ class OpTracer(TorchDispatchMode):
         module_names: dict[int, str],
         batch_size: int | None,
         param_names: dict[int, str] | None = None,
+        stop_at: tuple[str, str] | None = None,
     ) -> None:
         super().__init__()
+        self._stop_at = stop_at
         self._names = module_names
         self._params = param_names or {}
         self._batch = batch_size
@@ -370,15 +378,18 @@ class OpTracer(TorchDispatchMode):
             module_globals.register_module_forward_pre_hook(pre),
             module_globals.register_module_forward_hook(post),
         ]
-        self._origins = _Origins(self)
-        self._origins.__enter__()
+        self._origins: _Origins | None = None
+        if self._stop_at is None:
+            self._origins = _Origins(self)
+            self._origins.__enter__()
         self.entered = True
         return super().__enter__()  # type: ignore[no-any-return]
 
     def __exit__(self, *exc: Any) -> None:
         try:
             super().__exit__(*exc)
-            self._origins.__exit__(*exc)
+            if self._origins is not None:
+                self._origins.__exit__(*exc)
         finally:
             for handle in self._handles:
                 handle.remove()
@@ -404,7 +415,7 @@ class OpTracer(TorchDispatchMode):
                     if maker is not None:
                         self._made[t] = maker  # a view: made by whatever made its base
             return out
-        if node is None and outs:
+        if node is None and outs and self._stop_at is None:
             self._remember(name, ins, outs)
         if len(self.origins) == 3:
             return out
@@ -421,6 +432,10 @@ class OpTracer(TorchDispatchMode):
         if not (made_inf or made_nan):
             return out
         key = "backward" if node is not None else ("forward_nan" if made_nan else "forward_inf")
+        if self._stop_at is not None:
+            if self._stop_at == (name, "backward" if node is not None else self.phase()):
+                raise OriginFound(name)
+            return out
         if key not in self.origins:
             stats = [t for t in tensors if t.dtype is not torch.bool]  # integer counts explain divisions too
             self.origins[key] = self._describe(func, node, ins, stats, bad[0], made)

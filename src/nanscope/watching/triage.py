@@ -19,12 +19,13 @@ import torch
 from nanscope._tree import local_part
 from nanscope.detect.diagnose import Observation
 from nanscope.detect.scan import BadHyperparameter, nonfinite_hyperparameters, nonfinite_names, scan_batch
+from nanscope.localize.classify import exploding
 from nanscope.localize.counterfactual import find_culprits, take_rows
 from nanscope.localize.model_call import ModelCall
 from nanscope.localize.refeed import Refeed
 from nanscope.localize.replay import RngState, replay
 from nanscope.localize.samples import batch_rows, culprit_samples
-from nanscope.localize.trace import OpFinding, OpTracer
+from nanscope.localize.trace import OpFinding, OpTracer, OriginFound
 from nanscope.recover.policy import Policy
 from nanscope.report.model import Evidence, History
 from nanscope.watching.batches import Drawn
@@ -194,8 +195,8 @@ class Triage:
             size = refeed.batch_size
             counterfactual, samples, whole = self._counterfactual(
                 finding,
-                lambda rows: self._traced(
-                    _call_on(call, rows, size), None, refeed.rng, len(rows), "loss", True
+                lambda rows, stop: self._traced(
+                    _call_on(call, rows, size), None, refeed.rng, len(rows), "loss", True, stop
                 ),
                 size,
                 refeed.index_list,
@@ -236,8 +237,8 @@ class Triage:
         if finding is not None and size:
             counterfactual, samples, whole = self._counterfactual(
                 finding,
-                lambda rows: self._traced(
-                    step_fn, take_rows(drawn.batch, rows, size), rng, len(rows), trigger, loss_nan
+                lambda rows, stop: self._traced(
+                    step_fn, take_rows(drawn.batch, rows, size), rng, len(rows), trigger, loss_nan, stop
                 ),
                 size,
                 index_list,
@@ -278,7 +279,9 @@ class Triage:
         if finding is not None and finding.phase == "forward" and size:
             counterfactual, samples, whole = self._counterfactual(
                 finding,
-                lambda rows: self._traced(_call_on(call, rows, size), None, rng, len(rows), "loss", True),
+                lambda rows, stop: self._traced(
+                    _call_on(call, rows, size), None, rng, len(rows), "loss", True, stop
+                ),
                 size,
                 index_list,
                 samples,
@@ -299,23 +302,29 @@ class Triage:
     def _counterfactual(
         self,
         origin: OpFinding,
-        replayed: Callable[[list[int]], tuple[OpFinding | None, bool]],
+        replayed: Callable[[list[int], tuple[str, str]], tuple[OpFinding | None, bool]],
         size: int,
         index_list: list[int] | None,
         samples: tuple[int, ...] | None,
         whole: bool,
     ) -> tuple[Evidence | None, tuple[int, ...] | None, bool]:
         """Re-run the failing computation on parts of the batch (``replayed(rows)``) to find the rows whose
-        presence makes it fail; returns the evidence and the samples and whole-batch flag it supports."""
+        presence makes it fail; returns the evidence and the samples and whole-batch flag it supports. Not
+        for an explosion (the grad norm's growth shows the weights are the cause: every part would fail)."""
+        if exploding(self._history()):
+            return None, samples, whole
+        stop_at = (origin.aten, origin.phase)
 
         def fails(rows: list[int]) -> bool | None:
             """The failure appears: the same op creates a NaN/Inf again (a harmless -inf a mask makes on a
-            part of the batch does not count)."""
+            part of the batch does not count); the re-run stops there."""
             try:
-                again = replayed(rows)[0]
+                replayed(rows, stop_at)
+            except OriginFound:
+                return True
             except Exception:  # the computation does not run on part of the batch (fixed shapes)
                 return None
-            return again is not None and (again.aten, again.phase) == (origin.aten, origin.phase)
+            return False
 
         found = find_culprits(fails, size)
         if found is None:
@@ -346,6 +355,7 @@ class Triage:
         size: int | None,
         trigger: str,
         loss_nan: bool,
+        stop_at: tuple[str, str] | None = None,
     ) -> tuple[OpFinding | None, bool]:
         """``fn(batch)`` from the failing micro-batch's RNG state under the op tracer; the run is left as it
         was (gradients, buffers, RNG); the engine ignores the events it produces."""
@@ -362,6 +372,7 @@ class Triage:
                 batch_size=size,
                 trigger=trigger,
                 loss_nan=loss_nan,
+                stop_at=stop_at,
             )
         finally:
             self.replaying = False
