@@ -500,3 +500,51 @@ def test_warnings_point_at_the_training_loop_not_at_nanscope():
     ours = [c for c in caught if issubclass(c.category, (nanscope.NonFiniteWarning, nanscope.SpikeWarning))]
     assert {c.category for c in ours} == {nanscope.NonFiniteWarning, nanscope.SpikeWarning}
     assert {c.filename for c in ours} == {__file__}
+
+
+class _LogSigmoidNet(nn.Module):
+    """A hand-written log-sigmoid inside the model: log(0) = -inf once a logit is far below zero."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(4, 1)
+
+    def forward(self, x):
+        return torch.log(torch.sigmoid(self.lin(x)))
+
+
+def _log_sigmoid_run(corrupt_at: int | None, loud: int | None):
+    g = torch.Generator().manual_seed(0)
+    x = 0.5 * torch.randn(64, 4, generator=g)
+    if loud is not None:
+        x[loud] = torch.tensor([-400.0, 0.0, 0.0, 0.0])  # one sample whose logit underflows the sigmoid
+    model = _LogSigmoidNet()
+    with torch.no_grad():
+        model.lin.weight.copy_(torch.tensor([[1.0, 0.2, -0.1, 0.3]]))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    loader = DataLoader(TensorDataset(x), batch_size=8)
+    policy = make_policy("rollback", rollback=RollbackOptions(every=2, confirm=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with nanscope.watch(model, optimizer, policy=policy) as w:
+            for step, (xb,) in enumerate(loader):
+                if step == corrupt_at:
+                    with torch.no_grad():
+                        model.lin.weight.mul_(1e4)  # a corruption no check sees: the weights stay finite
+                optimizer.zero_grad()
+                (-model(xb).mean()).backward()
+                optimizer.step()
+    return w.report()
+
+
+def test_rollback_asks_the_last_good_batch_whether_the_batch_or_the_weights_explain_a_failure():
+    weights = _log_sigmoid_run(corrupt_at=4, loud=None)
+    assert weights.cause.kind == "domain_error" and weights.cause.op == "log"
+    (evidence,) = [e for e in weights.cause.evidence if e.label == "last good batch"]
+    assert evidence.data == {"fails": True}
+    assert weights.interventions[0].kind == "rollback"  # not skipped: the next batch would fail as well
+    batch = _log_sigmoid_run(corrupt_at=None, loud=20)
+    (evidence,) = [e for e in batch.cause.evidence if e.label == "last good batch"]
+    assert evidence.data == {"fails": False}
+    assert [i.kind for i in batch.interventions] == ["skip"]  # the batch explains it: only skipped

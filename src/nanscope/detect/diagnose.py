@@ -48,6 +48,9 @@ class Observation:
     # the failing iteration was replayed from the same batch, weights and RNG state, and every op was finite
     replay_finite: bool = False
     counterfactual: Evidence | None = None  # re-runs on parts of the batch (localize.counterfactual)
+    # the origin op re-run with the same weights on the last good batch: True, it fails there too (the
+    # weights, not the batch); False, finite there (the batch explains it); None, not measured
+    last_good_fails: bool | None = None
     # (parameter, first, last grad norm), fastest first
     layer_growth: tuple[tuple[str, float, float], ...] = ()
     script_clip: tuple[str, float] | None = None  # ("norm" | "value", limit) when the script clips itself
@@ -327,6 +330,17 @@ def _diagnose(obs: Observation) -> Diagnosis:
             )
         if obs.counterfactual is not None:
             facts.append(obs.counterfactual)
+        if obs.last_good_fails is not None:
+            facts.append(
+                Evidence(
+                    "last good batch",
+                    "the same weights on the last good batch fail in the same op too: the weights, not this "
+                    "batch, are the cause"
+                    if obs.last_good_fails
+                    else "the same weights on the last good batch are finite: this batch explains the failure",
+                    {"fails": obs.last_good_fails},
+                )
+            )
         if op.rows is not None:
             whole = obs.op_whole_batch
             facts.append(

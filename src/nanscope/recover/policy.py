@@ -125,6 +125,9 @@ class Event:
     first: bool  # the run's first event
     repeats: int = 0  # earlier failed steps with the same cause kind (and hyperparameter)
     retryable: bool = False  # the loop is replaying the failing step now: its finite update can be applied
+    # the same weights on the last good batch: finite (True: the batch explains it), failing (False: the
+    # weights do), or not measured (None)
+    batch_explains: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +238,12 @@ class Policy:
         if self.handler == "rollback":
             # the batch explains it: skipped, unless op failures repeat step after step (the weights drift)
             repeated = cause.kind != "nonfinite_input" and event.consecutive >= 2
-            if not event.applied and cause.kind in _BATCH_KINDS and not (repeated and event.snapshot):
+            weights = cause.kind != "nonfinite_input" and event.batch_explains is False
+            if (
+                not event.applied
+                and cause.kind in _BATCH_KINDS
+                and not ((repeated or weights) and event.snapshot)
+            ):
                 reason = "the batch explains it and the weights before it are intact: no rollback"
                 return Decision(Action.SKIP, samples, reason)
             if event.snapshot:

@@ -94,6 +94,7 @@ class Engine:
             watched=self._live_watched,
             history=self.log.history,
             layer_norms=lambda: self.checks.layer_norms,
+            last_good=lambda: self.last_good,
         )
         self.recoverer = Recoverer(policy, quarantine, self._live_state)
         self.early = EarlyWarnings(lambda: [self.checks.named_norms(e) for e in self.checks.layer_norms])
@@ -112,6 +113,8 @@ class Engine:
             scan_seconds=scan_seconds,
         )
         self._discarding: set[int] = set()  # optimizers whose coming update is discarded
+        # under rollback, the last applied finite iteration's batch and first model call (references)
+        self.last_good: tuple[Drawn | None, ModelCall | None] | None = None
         self._state = LiveState()
         self._model_params: list[torch.Tensor] | None = None
         self._step: int | None = None  # cached step(); None when it must be recounted
@@ -214,6 +217,8 @@ class Engine:
             self._roll_back()
         if not it.started:
             it.started = True
+            if self.policy.takes_snapshots:  # references only: the last good batch, should a failure follow
+                it.first_call = ModelCall(module, args, kwargs)
             if self.policy.recovers:
                 with torch.no_grad():
                     it.buffers_before = [
@@ -376,6 +381,8 @@ class Engine:
         # the step index of the next iteration; with no optimizer it counts this iteration too
         following = self.step() if self.watched else self.log.watched + 1
         it = self.log.finish(following, applied=applied, keep=keep and applied, scaler_skipped=scaler_skipped)
+        if applied and not it.failed and self.policy.takes_snapshots:
+            self.last_good = (it.batches[-1] if it.batches else None, it.first_call)
         if applied:
             self.recoverer.iteration_done(self.step())
         self._read(it)

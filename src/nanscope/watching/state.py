@@ -45,6 +45,8 @@ class Iteration:
     rng: RngState | None = None  # RNG at the failing micro-batch's first forward (for the replay)
     # the micro-batch's model call, when its batch did not come from a DataLoader (re-run of the model alone)
     model_call: ModelCall | None = None
+    # under rollback: the first model call of the iteration (references), to re-run as "the last good batch"
+    first_call: ModelCall | None = None
     bad_buffers_at_start: tuple[str, ...] = ()
     failed: bool = False  # a non-finite value was handled for this iteration
     discard: bool = False  # the policy discards this iteration's update
@@ -65,7 +67,7 @@ class Iteration:
     def release(self) -> None:
         if self.done and self.pending == 0:
             self.batches, self.output_flags, self.rng, self.buffers_before = [], [], None, []
-            self.model_call = None
+            self.model_call = self.first_call = None
 
 
 @dataclass(eq=False)

@@ -47,6 +47,7 @@ class Triage:
         watched: Callable[[], Iterable[WatchedOptimizer]],
         history: Callable[[], History],
         layer_norms: Callable[[], Iterable[LayerNorms]],
+        last_good: Callable[[], tuple[Drawn | None, ModelCall | None] | None] = lambda: None,
     ) -> None:
         self._naming = naming
         self._checks = checks
@@ -55,6 +56,7 @@ class Triage:
         self._watched = watched
         self._history = history
         self._layer_norms = layer_norms
+        self._last_good = last_good
         self.replaying = False  # a step_fn replay is running: the engine ignores its events
 
     # ------------------------------------------------------------------ observation
@@ -93,6 +95,9 @@ class Triage:
                 op, op_samples, whole, finite, counterfactual = self._replay(it, trip.where)
             elif it.model_call is not None:
                 op, op_samples, whole, note, counterfactual = self._replay_model(it, trip.where)
+        last_good_fails = None
+        if op is not None and it.rng is not None:
+            last_good_fails = self._on_last_good(op, it.rng, trip.where, _loss_nan(it))
         return Observation(
             step=it.step,
             trigger=trip.where,
@@ -111,6 +116,7 @@ class Triage:
             replay_note=note,
             replay_finite=finite,
             counterfactual=counterfactual,
+            last_good_fails=last_good_fails,
             layer_growth=self._layer_growth(),
             script_clip=it.script_clip,
         )
@@ -218,6 +224,9 @@ class Triage:
             replay_note=note,
             replay_finite=finding is None and refeed.replayed_finite,
             counterfactual=counterfactual,
+            last_good_fails=None
+            if finding is None
+            else self._on_last_good(finding, refeed.rng, "loss", True),
         )
 
     def _replay(
@@ -298,6 +307,29 @@ class Triage:
                 "loss or the code around the model); pass step_fn=... to trace the whole step"
             )
         return finding, samples, whole, note, counterfactual
+
+    def _on_last_good(self, origin: OpFinding, rng: RngState, trigger: str, loss_nan: bool) -> bool | None:
+        """Under rollback: whether the origin op fails again with the same weights on the last good batch
+        (through ``step_fn``, or the model's forward for a forward origin). None where it cannot be re-run."""
+        good = self._last_good() if self._policy.takes_snapshots else None
+        if good is None:
+            return None
+        drawn, call = good
+        stop_at = (origin.aten, origin.phase)
+        fn: Callable[[Any], object]
+        if self._step_fn is not None and drawn is not None:
+            fn, batch, size = self._step_fn, drawn.batch, batch_rows(drawn.batch, drawn.indices)[1]
+        elif origin.phase == "forward" and call is not None:
+            fn, batch, size, trigger = (lambda _b: call.module(*call.args, **call.kwargs)), None, None, "loss"
+        else:
+            return None
+        try:
+            self._traced(fn, batch, rng, size, trigger, loss_nan, stop_at)
+        except OriginFound:
+            return True
+        except Exception:  # a batch of another shape the computation rejects: not measured
+            return None
+        return False
 
     def _counterfactual(
         self,

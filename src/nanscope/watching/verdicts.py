@@ -251,6 +251,7 @@ class Verdicts:
                 first=first,
                 repeats=self._causes[cause_key] - 1,
                 retryable=retryable,
+                batch_explains=None if obs.last_good_fails is None else not obs.last_good_fails,
             )
         )
         self._act(decision, found, obs.step, it, first)
