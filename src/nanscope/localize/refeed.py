@@ -78,7 +78,8 @@ class Refeed:
     def start(self, module: str | None, call: ModelCall | None = None) -> None:
         """The micro-batch that consumes the failing batch begins (its first forward, of the module named
         ``module``, is starting; the tracer's forward hook, registered after nanscope's, sees it next): the
-        RNG of the failing micro-batch is restored."""
+        RNG of the failing micro-batch is restored. ``call`` (references to that forward's module and
+        inputs) lets the model be re-run on parts of the batch afterwards (counterfactual samples)."""
         self.rng.restore()
         self.stage = Stage.TRACING
         self.model_call = call
