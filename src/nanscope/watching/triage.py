@@ -8,7 +8,6 @@ values; it never raises for the policy, warns or writes.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -19,18 +18,16 @@ import torch
 from nanscope._tree import local_part
 from nanscope.detect.diagnose import Observation
 from nanscope.detect.scan import BadHyperparameter, nonfinite_hyperparameters, nonfinite_names, scan_batch
-from nanscope.localize.classify import exploding
-from nanscope.localize.counterfactual import find_culprits, take_rows
 from nanscope.localize.model_call import ModelCall
 from nanscope.localize.refeed import Refeed
-from nanscope.localize.replay import RngState, replay
-from nanscope.localize.samples import batch_rows, culprit_samples
-from nanscope.localize.trace import OpFinding, OpTracer, OriginFound
+from nanscope.localize.samples import batch_rows
+from nanscope.localize.trace import OpTracer
 from nanscope.recover.policy import Policy
 from nanscope.report.model import Evidence, History
 from nanscope.watching.batches import Drawn
 from nanscope.watching.checks import LayerNorms, StepChecks, Trip
 from nanscope.watching.discovery import Naming
+from nanscope.watching.reruns import Reruns, loss_nan
 from nanscope.watching.state import Iteration, WatchedOptimizer
 
 __all__ = ["Triage"]
@@ -56,8 +53,19 @@ class Triage:
         self._watched = watched
         self._history = history
         self._layer_norms = layer_norms
-        self._last_good = last_good
-        self.replaying = False  # a step_fn replay is running: the engine ignores its events
+        self.reruns = Reruns(
+            naming=naming,
+            policy=policy,
+            step_fn=step_fn,
+            watched=watched,
+            history=history,
+            last_good=last_good,
+        )
+
+    @property
+    def replaying(self) -> bool:
+        """A replay or re-run is going on: the engine ignores the events it produces."""
+        return self.reruns.replaying
 
     # ------------------------------------------------------------------ observation
     def observe(self, it: Iteration, trip: Trip, *, current: bool, replay: bool) -> Observation:
@@ -92,12 +100,12 @@ class Triage:
         note = self.replay_note(it, current)
         if replay and trip.where in ("loss", "gradients") and clean and note is None:
             if self._step_fn is not None:
-                op, op_samples, whole, finite, counterfactual = self._replay(it, trip.where)
+                op, op_samples, whole, finite, counterfactual = self.reruns.step(it, trip.where)
             elif it.model_call is not None:
-                op, op_samples, whole, note, counterfactual = self._replay_model(it, trip.where)
+                op, op_samples, whole, note, counterfactual = self.reruns.model_alone(it, trip.where)
         last_good_fails = None
         if op is not None and it.rng is not None:
-            last_good_fails = self._on_last_good(op, it.rng, trip.where, _loss_nan(it))
+            last_good_fails = self.reruns.last_good(op, it.rng, trip.where, loss_nan(it))
         return Observation(
             step=it.step,
             trigger=trip.where,
@@ -186,29 +194,15 @@ class Triage:
             drawn.batch,
             drawn.dataset,
             it.rng,
-            OpTracer(self._module_names(), size, self._naming.param_names()),
+            OpTracer(self.reruns.module_names(), size, self._naming.param_names()),
             size,
             index_list,
-            _loss_nan(it),
+            loss_nan(it),
         )
 
     def finish_refeed(self, refeed: Refeed) -> Observation:
         finding = refeed.stop()
-        samples, whole = culprit_samples(finding, refeed.index_list, refeed.batch_size)
-        counterfactual = None
-        call = refeed.model_call
-        if finding is not None and finding.phase == "forward" and call is not None and refeed.batch_size:
-            size = refeed.batch_size
-            counterfactual, samples, whole = self._counterfactual(
-                finding,
-                lambda rows, stop: self._traced(
-                    _call_on(call, rows, size), None, refeed.rng, len(rows), "loss", True, stop
-                ),
-                size,
-                refeed.index_list,
-                samples,
-                whole,
-            )
+        samples, whole, counterfactual, last_good_fails = self.reruns.after_refeed(refeed, finding)
         note = (
             None
             if finding is not None
@@ -224,196 +218,9 @@ class Triage:
             replay_note=note,
             replay_finite=finding is None and refeed.replayed_finite,
             counterfactual=counterfactual,
-            last_good_fails=None
-            if finding is None
-            else self._on_last_good(finding, refeed.rng, "loss", True),
+            last_good_fails=last_good_fails,
         )
 
-    def _replay(
-        self, it: Iteration, trigger: str
-    ) -> tuple[OpFinding | None, tuple[int, ...] | None, bool, bool, Evidence | None]:
-        """Re-run the failing micro-batch through ``step_fn`` under op tracing (API mode): the origin op, its
-        samples, whether every row went bad, whether the whole replay was finite, and the counterfactual
-        re-runs on parts of the batch (each through ``step_fn``)."""
-        step_fn = self._step_fn
-        assert step_fn is not None and it.rng is not None
-        rng, loss_nan = it.rng, _loss_nan(it)
-        drawn = it.batches[-1]
-        index_list, size = batch_rows(drawn.batch, drawn.indices)
-        finding, finite = self._traced(step_fn, drawn.batch, rng, size, trigger, loss_nan)
-        samples, whole = culprit_samples(finding, index_list, size)
-        counterfactual = None
-        if finding is not None and size:
-            counterfactual, samples, whole = self._counterfactual(
-                finding,
-                lambda rows, stop: self._traced(
-                    step_fn, take_rows(drawn.batch, rows, size), rng, len(rows), trigger, loss_nan, stop
-                ),
-                size,
-                index_list,
-                samples,
-                whole,
-            )
-        return finding, samples, whole, finding is None and finite, counterfactual
-
-    def _replay_model(
-        self, it: Iteration, trigger: str
-    ) -> tuple[OpFinding | None, tuple[int, ...] | None, bool, str | None, Evidence | None]:
-        """Re-run the model alone under op tracing (the batch did not come from a DataLoader)."""
-        call = it.model_call
-        assert call is not None and it.rng is not None
-        rng, loss_nan = it.rng, _loss_nan(it)
-        backward = trigger == "gradients"
-        if backward and not call.grads:
-            return (
-                None,
-                None,
-                False,
-                (
-                    "no replay: the batch did not come from a DataLoader, and the gradients at the model's output "
-                    "were no longer kept when the values were read (lazy device reads: use eager=True, or pass "
-                    "step_fn=...)"
-                ),
-                None,
-            )
-        drawn = it.batches[-1] if it.batches else None
-        index_list, size = batch_rows(
-            call.args if drawn is None else drawn.batch, None if drawn is None else drawn.indices
-        )
-        finding, _ = self._traced(
-            functools.partial(call.rerun, backward=backward), None, rng, size, trigger, loss_nan
-        )
-        samples, whole = culprit_samples(finding, index_list, size)
-        counterfactual = None
-        if finding is not None and finding.phase == "forward" and size:
-            counterfactual, samples, whole = self._counterfactual(
-                finding,
-                lambda rows, stop: self._traced(
-                    _call_on(call, rows, size), None, rng, len(rows), "loss", True, stop
-                ),
-                size,
-                index_list,
-                samples,
-                whole,
-            )
-        note = None
-        if finding is None:
-            what = (
-                "forward and backward (from the gradients that reached its output)" if backward else "forward"
-            )
-            note = (
-                f"the batch did not come from a DataLoader, so the model alone was re-run under op tracing (its "
-                f"{what}): no op inside it created the NaN/Inf, so the origin is outside the model (in the "
-                "loss or the code around the model); pass step_fn=... to trace the whole step"
-            )
-        return finding, samples, whole, note, counterfactual
-
-    def _on_last_good(self, origin: OpFinding, rng: RngState, trigger: str, loss_nan: bool) -> bool | None:
-        """Under rollback: whether the origin op fails again with the same weights on the last good batch
-        (through ``step_fn``, or the model's forward for a forward origin). None where it cannot be re-run."""
-        good = self._last_good() if self._policy.takes_snapshots else None
-        if good is None:
-            return None
-        drawn, call = good
-        stop_at = (origin.aten, origin.phase)
-        fn: Callable[[Any], object]
-        if self._step_fn is not None and drawn is not None:
-            fn, batch, size = self._step_fn, drawn.batch, batch_rows(drawn.batch, drawn.indices)[1]
-        elif origin.phase == "forward" and call is not None:
-            fn, batch, size, trigger = (lambda _b: call.module(*call.args, **call.kwargs)), None, None, "loss"
-        else:
-            return None
-        try:
-            self._traced(fn, batch, rng, size, trigger, loss_nan, stop_at)
-        except OriginFound:
-            return True
-        except Exception:  # a batch of another shape the computation rejects: not measured
-            return None
-        return False
-
-    def _counterfactual(
-        self,
-        origin: OpFinding,
-        replayed: Callable[[list[int], tuple[str, str]], tuple[OpFinding | None, bool]],
-        size: int,
-        index_list: list[int] | None,
-        samples: tuple[int, ...] | None,
-        whole: bool,
-    ) -> tuple[Evidence | None, tuple[int, ...] | None, bool]:
-        """Re-run the failing computation on parts of the batch (``replayed(rows)``) to find the rows whose
-        presence makes it fail; returns the evidence and the samples and whole-batch flag it supports. Not
-        for an explosion (the grad norm's growth shows the weights are the cause: every part would fail)."""
-        if exploding(self._history()):
-            return None, samples, whole
-        stop_at = (origin.aten, origin.phase)
-
-        def fails(rows: list[int]) -> bool | None:
-            """The failure appears: the same op creates a NaN/Inf again (a harmless -inf a mask makes on a
-            part of the batch does not count); the re-run stops there."""
-            try:
-                replayed(rows, stop_at)
-            except OriginFound:
-                return True
-            except Exception:  # the computation does not run on part of the batch (fixed shapes)
-                return None
-            return False
-
-        found = find_culprits(fails, size)
-        if found is None:
-            return None, samples, whole
-        names = index_list if index_list is not None and len(index_list) == size else None
-        data = {
-            "rows": list(found.culprits),
-            "samples": None if names is None else [names[r] for r in found.culprits],
-            "together": found.together,
-            "every": len(found.culprits) == size,
-            "confirmed": found.confirmed,
-            "runs": found.runs,
-            "rows_run": found.rows_run,
-        }
-        evidence = Evidence("counterfactual", found.text(names), data)
-        if found.together:
-            return evidence, None, True
-        if found.culprits and (found.confirmed or len(found.culprits) == size):
-            named = None if names is None else tuple(sorted({names[r] for r in found.culprits}))
-            return evidence, named, False
-        return evidence, samples, whole
-
-    def _traced(
-        self,
-        fn: Callable[[Any], object],
-        batch: Any,
-        rng: RngState,
-        size: int | None,
-        trigger: str,
-        loss_nan: bool,
-        stop_at: tuple[str, str] | None = None,
-    ) -> tuple[OpFinding | None, bool]:
-        """``fn(batch)`` from the failing micro-batch's RNG state under the op tracer; the run is left as it
-        was (gradients, buffers, RNG); the engine ignores the events it produces."""
-        self.replaying = True
-        try:
-            return replay(
-                fn,
-                batch,
-                start=rng,
-                params=[p for w in self._watched() for p in w.params()],
-                buffers=[b for model in self._naming.models.values() for b in model.buffers()],
-                module_names=self._module_names(),
-                param_names=self._naming.param_names(),
-                batch_size=size,
-                trigger=trigger,
-                loss_nan=loss_nan,
-                stop_at=stop_at,
-            )
-        finally:
-            self.replaying = False
-
-    def _module_names(self) -> dict[int, str]:
-        models = self._naming.models.values()
-        return {id(m): self._naming.module(m) or "" for model in models for m in model.modules()}
-
-    # ------------------------------------------------------------------ evidence
     def _layer_growth(self, top: int = 3) -> tuple[tuple[str, float, float], ...]:
         """The parameters whose gradient norm grew the most over the last finite reads: ``(name, first, last)``."""
         by_name: dict[str, list[float]] = {}
@@ -461,17 +268,5 @@ class Triage:
         return tuple(notes)
 
 
-def _call_on(call: ModelCall, rows: list[int], size: int) -> Callable[[Any], object]:
-    """The model's forward on ``rows`` of the recorded call's inputs."""
-    args, kwargs = take_rows(call.args, rows, size), take_rows(call.kwargs, rows, size)
-    return lambda _batch: call.module(*args, **kwargs)
-
-
 def _prefixed(prefix: str, model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     return [(prefix + n, p) for n, p in model.named_parameters()]
-
-
-def _loss_nan(it: Iteration) -> bool:
-    """Whether the iteration's non-finite loss is a NaN (True also when no scalar loss was seen)."""
-    bad = [v for v in it.losses if not math.isfinite(v)]
-    return not bad or any(math.isnan(v) for v in bad)
