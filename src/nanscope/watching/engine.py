@@ -403,6 +403,13 @@ class Engine:
         if self.tensorboard is not None:
             self._log(it)
 
+    def drop_references(self) -> None:
+        """At close: let go of the model calls and batches kept for re-runs. A wrapped model (DDP, with its
+        C++ reducer and threads) kept alive until the interpreter's teardown can abort the process there."""
+        self.last_good = None
+        it = self.log.current
+        it.model_call = it.first_call = None
+
     def close_log(self) -> None:
         """At the end: the failing iteration a stop left unfinished, and the events not yet written."""
         sink = self.tensorboard

@@ -253,6 +253,7 @@ class Watcher:
             self._detach()
             self._state = WatcherState.CLOSED
             self._final = engine.report()
+            engine.drop_references()
             engine.recoverer.close()
             if self._report_path and is_rank_zero():
                 report_json.write(self._final, self._report_path)
