@@ -17,7 +17,7 @@ LAYERS = [
     ("detect",),
     ("recover",),
     ("watching",),
-    ("cli", "demo", "integrations"),
+    ("cli", "demo", "integrations", "preflight"),
 ]
 SHARED = {"errors", "_atomic", "_rank", "_tree"}  # leaf helpers every layer may use
 
@@ -36,6 +36,7 @@ def test_public_api_is_exactly_all():
         "errors",
         "integrations",
         "localize",
+        "preflight",
         "recover",
         "report",
         "watching",

@@ -16,6 +16,8 @@ from nanscope.errors import (
     SpikeWarning,
     UsageError,
 )
+from nanscope.preflight.report import CheckReport, Finding
+from nanscope.preflight.run import check
 from nanscope.recover.policy import ClipOptions, GiveUp, Policy, RollbackOptions, make_policy
 from nanscope.report.model import (
     Cause,
@@ -35,11 +37,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Cause",
+    "CheckReport",
     "ClipOptions",
     "Detection",
     "EarlyWarning",
     "Ending",
     "Evidence",
+    "Finding",
     "FirstNonFinite",
     "GiveUp",
     "History",
@@ -58,6 +62,7 @@ __all__ = [
     "Watcher",
     "WatcherState",
     "__version__",
+    "check",
     "make_policy",
     "watch",
 ]

@@ -30,7 +30,7 @@ from nanscope.report.model import (
     Report,
 )
 
-__all__ = ["dumps", "loads", "to_dict", "write"]
+__all__ = ["dumps", "loads", "to_dict", "to_plain", "write"]
 
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
@@ -47,6 +47,12 @@ def _plain(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
+
+
+def to_plain(value: Any) -> Any:
+    """Any value of the report family (frozen dataclasses, mappings, sequences, numbers) as JSON-ready data,
+    non-finite floats as strings."""
+    return _plain(value)
 
 
 def to_dict(report: Report) -> dict[str, Any]:

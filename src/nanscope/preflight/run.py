@@ -1,0 +1,86 @@
+"""``nanscope.check``: the checks a long run deserves before it starts, on a model, its data and its optimizer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from nanscope.errors import UsageError
+from nanscope.localize.replay import RngState
+from nanscope.preflight import checks
+from nanscope.preflight.report import CheckReport, Finding
+
+__all__ = ["check"]
+
+
+def check(
+    model: nn.Module,
+    data: Any,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    schedule_steps: int | None = None,
+    ignore_index: int = -100,
+    scan_seconds: float = 60.0,
+) -> CheckReport:
+    """Check ``model`` with ``data`` (a Dataset, or a DataLoader over one) before training.
+
+    Codes (docs/check.md): ``nonfinite_samples`` (the whole dataset read through its own ``__getitem__``,
+    at most ``scan_seconds``), ``label_out_of_range`` (integer class targets of ``(inputs, target)`` samples
+    against the model's number of outputs), ``eps_zero`` (``optimizer`` and normalization layers),
+    ``lr_schedule_nonfinite`` (``scheduler`` dry-run over ``schedule_steps``, default its ``total_steps`` or
+    1000, then put back). Nothing is trained; the model, optimizer, scheduler and random streams are left as
+    they were.
+    """
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"nanscope.check(): model must be an nn.Module; got {type(model).__name__}")
+    dataset = getattr(data, "dataset", data)
+    if not hasattr(dataset, "__getitem__"):
+        raise UsageError(
+            f"nanscope.check(): data must be a Dataset or a DataLoader over one; got {type(data).__name__}"
+        )
+    findings: list[Finding] = []
+    checked: list[str] = []
+
+    def run(code: str, found: list[Finding]) -> None:
+        findings.extend(found)
+        if not found:
+            checked.append(code)
+
+    run("nonfinite_samples", checks.nonfinite_samples(dataset, scan_seconds))
+    outputs = _outputs(model, dataset)
+    if outputs is not None and outputs > 1:
+        run("label_out_of_range", checks.label_out_of_range(dataset, outputs, ignore_index))
+    run("eps_zero", checks.eps_zero(model, [optimizer] if optimizer is not None else []))
+    if scheduler is not None:
+        steps = schedule_steps or checks.planned_steps(scheduler, 1000)
+        run("lr_schedule_nonfinite", checks.lr_schedule_nonfinite(scheduler, steps))
+    return CheckReport(
+        findings=tuple(findings),
+        checked=tuple(checked),
+        environment={"torch": torch.__version__, "samples": _length(dataset)},
+    )
+
+
+def _outputs(model: nn.Module, dataset: Any) -> int | None:
+    """The model's number of outputs, from one sample made into a batch of one."""
+    rng = RngState.capture(numpy=True)  # a random transform must not move the run's streams
+    try:
+        sample = dataset[0]
+    except Exception:
+        return None
+    finally:
+        rng.restore()
+    inputs = sample[0] if isinstance(sample, (tuple, list)) else sample
+    if not isinstance(inputs, torch.Tensor):
+        return None
+    return checks.num_outputs(model, (inputs.unsqueeze(0),))
+
+
+def _length(dataset: Any) -> int | None:
+    try:
+        return len(dataset)
+    except TypeError:
+        return None

@@ -1,0 +1,144 @@
+"""Pre-flight checks (issue 14, first slice): nanscope.check on a model, its data, optimizer and schedule.
+Each planted problem is first shown to break plain PyTorch training (or to be a real fault); healthy setups
+of several kinds give no error and no warning."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+import nanscope
+
+
+class Flat(Dataset):
+    """Readings standardized per sample in __getitem__: 0/0 on a flat reading (with a random jitter)."""
+
+    def __init__(self, flat=(4, 61)):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(128, 6, generator=g)
+        self.x[list(flat)] = 1.0
+        self.y = torch.randint(0, 3, (128,), generator=g)
+
+    def __len__(self):
+        return 128
+
+    def __getitem__(self, i):
+        x = (self.x[i] - self.x[i].mean()) / self.x[i].std()
+        return x + 1e-6 * torch.rand(()), self.y[i]
+
+
+def _classifier(outputs: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, outputs))
+
+
+def _codes(report: nanscope.CheckReport) -> dict[str, nanscope.Finding]:
+    return {f.code: f for f in report.findings}
+
+
+def test_dirty_samples_are_all_found_and_the_run_would_die_on_them():
+    model, data = _classifier(), Flat()
+    loss = nn.functional.cross_entropy(model(torch.stack([data[4][0]])), data[4][1][None])
+    assert math.isnan(float(loss.detach()))  # plain PyTorch: the first batch holding one is a NaN loss
+    report = nanscope.check(model, DataLoader(data, batch_size=8))
+    found = _codes(report)["nonfinite_samples"]
+    assert found.severity == "error" and found.samples == (4, 61) and not report.ok
+    assert found.evidence["scanned"] == 128
+
+
+def test_class_targets_outside_the_outputs_are_errors():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 6, generator=g), torch.randint(0, 3, (64,), generator=g)
+    y[[7, 30]] = 3  # a fourth class the 3-output model does not have
+    y[9] = -100  # ignored: allowed
+    model = _classifier(3)
+    with pytest.raises(IndexError):  # plain PyTorch on CPU: the loss cannot index class 3
+        nn.functional.cross_entropy(model(x[[7]]), y[[7]])
+    found = _codes(nanscope.check(model, TensorDataset(x, y)))["label_out_of_range"]
+    assert (
+        found.samples == (7, 30) and found.evidence["targets"] == [3] and found.evidence["num_outputs"] == 3
+    )
+
+
+def test_eps_zero_in_the_optimizer_and_in_a_normalization_layer():
+    model = _classifier()
+    model[1].eps = 0.0
+    opt = torch.optim.Adam(model.parameters(), eps=0.0)
+    found = [f for f in nanscope.check(model, Flat(flat=()), optimizer=opt).findings if f.code == "eps_zero"]
+    assert sorted(f.where for f in found) == ["Adam (optimizer 0) param_groups[0]", "module 1"]
+    assert all(f.severity == "warning" for f in found)
+
+
+def test_a_schedule_that_turns_nan_is_found_by_a_dry_run_that_changes_nothing():
+    model = _classifier()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    # a warm-up written as 1 / (1 - step / 50): inf at step 50, negative after
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 / (1 - s / 50) if s != 50 else math.inf)
+    before = (opt.param_groups[0]["lr"], sched.state_dict()["last_epoch"])
+    report = nanscope.check(model, Flat(flat=()), optimizer=opt, scheduler=sched, schedule_steps=200)
+    found = _codes(report)["lr_schedule_nonfinite"]
+    assert found.evidence["step"] == 50 and math.isinf(found.evidence["lr"])
+    assert (opt.param_groups[0]["lr"], sched.state_dict()["last_epoch"]) == before
+
+
+@pytest.mark.parametrize("kind", ["classifier", "regression", "cnn", "adamw_onecycle"])
+def test_healthy_setups_give_no_error_and_no_warning(kind):
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    sched = None
+    if kind == "classifier":
+        model, data = _classifier(), Flat(flat=())
+        opt = torch.optim.Adam(model.parameters())
+    elif kind == "regression":
+        model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1))
+        data = TensorDataset(torch.randn(50, 5, generator=g), torch.randn(50, 1, generator=g))
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        sched = torch.optim.lr_scheduler.StepLR(opt, 30, 0.1)
+    elif kind == "cnn":
+        model = nn.Sequential(
+            nn.Conv1d(1, 4, 3), nn.BatchNorm1d(4), nn.ReLU(), nn.Flatten(), nn.Linear(24, 5)
+        )
+        data = TensorDataset(torch.randn(40, 1, 8, generator=g), torch.randint(0, 5, (40,), generator=g))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 100)
+    else:
+        model = _classifier()
+        data = Flat(flat=())
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=300)
+    report = nanscope.check(model, data, optimizer=opt, scheduler=sched)
+    assert report.ok and report.findings == (), report.findings
+    assert "nonfinite_samples" in report.checked and "eps_zero" in report.checked
+    data_out = json.loads(report.dumps())
+    assert data_out["schema"] == "nanscope.check/1" and data_out["findings"] == []
+
+
+def test_check_leaves_the_random_streams_and_the_model_as_they_were():
+    model, data = _classifier(), Flat()
+    model.train()
+    torch.manual_seed(3)
+    random.seed(3)
+    np.random.seed(3)
+    expected = (torch.rand(2), random.random(), np.random.rand())
+    torch.manual_seed(3)
+    random.seed(3)
+    np.random.seed(3)
+    weights = [p.detach().clone() for p in model.parameters()]
+    nanscope.check(model, data)
+    assert torch.equal(torch.rand(2), expected[0]) and random.random() == expected[1]
+    assert np.random.rand() == expected[2]
+    assert model.training and all(torch.equal(a, b) for a, b in zip(weights, model.parameters(), strict=True))
+
+
+def test_bad_arguments_are_refused_with_the_reason():
+    with pytest.raises(nanscope.UsageError, match="model must be an nn.Module"):
+        nanscope.check("model", Flat())
+    with pytest.raises(nanscope.UsageError, match="data must be a Dataset"):
+        nanscope.check(_classifier(), 42)
