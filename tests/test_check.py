@@ -113,11 +113,52 @@ def test_healthy_setups_give_no_error_and_no_warning(kind):
         data = Flat(flat=())
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=300)
-    report = nanscope.check(model, data, optimizer=opt, scheduler=sched)
+    loss_fn = nn.functional.mse_loss if kind == "regression" else nn.functional.cross_entropy
+    report = nanscope.check(model, data, optimizer=opt, scheduler=sched, loss_fn=loss_fn)
     assert report.ok and report.findings == (), report.findings
     assert "nonfinite_samples" in report.checked and "eps_zero" in report.checked
     data_out = json.loads(report.dumps())
     assert data_out["schema"] == "nanscope.check/1" and data_out["findings"] == []
+
+
+def test_unnormalized_inputs_are_found_and_plain_sgd_diverges_on_them():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 4, generator=g)
+    y = x @ torch.randn(4, 1, generator=g)
+    raw = x * torch.tensor([1.0, 1000.0, 1.0, 1.0])  # one feature in raw units
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(20):  # plain PyTorch: the learning rate that suits standardized inputs blows up
+        opt.zero_grad()
+        nn.functional.mse_loss(model(raw), y).backward()
+        opt.step()
+    assert not torch.isfinite(nn.functional.mse_loss(model(raw), y))
+    found = _codes(nanscope.check(nn.Linear(4, 1), TensorDataset(raw, y)))["unnormalized_inputs"]
+    assert found.severity == "warning" and 900 < found.evidence["max_std"] < 1100
+    assert "unnormalized_inputs" in nanscope.check(nn.Linear(4, 1), TensorDataset(x, y)).checked
+
+
+def test_a_constant_feature_is_reported_as_information():
+    x = torch.randn(64, 5)
+    x[:, 3] = 0.7
+    report = nanscope.check(nn.Linear(5, 1), TensorDataset(x, torch.randn(64, 1)))
+    found = _codes(report)["constant_features"]
+    assert found.severity == "info" and found.evidence["features"] == [3] and report.ok
+
+
+def test_a_first_loss_far_above_log_c_is_a_warning():
+    model = _classifier(3)
+    with torch.no_grad():
+        model[3].weight.mul_(300.0)  # a last layer initialized far too large
+    data = Flat(flat=())
+    x, y = torch.stack([data[i][0] for i in range(64)]), torch.stack([data[i][1] for i in range(64)])
+    first = float(nn.functional.cross_entropy(model(x), y).detach())
+    assert first > 3 * math.log(3)  # plain PyTorch: the initial loss is far above uniform guessing
+    found = _codes(nanscope.check(model, data, loss_fn=nn.functional.cross_entropy))["initial_loss"]
+    assert found.evidence["loss"] == pytest.approx(first, rel=1e-4)
+    healthy = nanscope.check(_classifier(3), data, loss_fn=nn.functional.cross_entropy)
+    assert "initial_loss" in healthy.checked and healthy.findings == ()
 
 
 def test_check_leaves_the_random_streams_and_the_model_as_they_were():

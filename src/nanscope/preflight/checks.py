@@ -6,6 +6,9 @@
 ``eps_zero``: an optimizer param group or a normalization layer with ``eps == 0`` (a zero second moment or a
 constant feature then divides 0 by 0). ``lr_schedule_nonfinite``: the LR scheduler, dry-run over the run's
 planned length and put back as it was, produces a NaN/Inf or negative learning rate.
+``unnormalized_inputs`` / ``constant_features``: per-feature statistics of the inputs of up to 1,000 samples
+(mean beyond +/-10 or std above 100: warning; a feature with std 0: info). ``initial_loss``: a classifier's
+loss on its first batch at initialization above 3 log(C).
 """
 
 from __future__ import annotations
@@ -22,7 +25,14 @@ from nanscope.localize.dataset_scan import scan_dataset
 from nanscope.localize.replay import RngState
 from nanscope.preflight.report import Finding
 
-__all__ = ["eps_zero", "label_out_of_range", "lr_schedule_nonfinite", "nonfinite_samples"]
+__all__ = [
+    "eps_zero",
+    "initial_loss",
+    "input_scale",
+    "label_out_of_range",
+    "lr_schedule_nonfinite",
+    "nonfinite_samples",
+]
 
 
 def nonfinite_samples(dataset: Any, seconds: float = 60.0) -> list[Finding]:
@@ -202,3 +212,98 @@ def num_outputs(model: nn.Module, batch: Sequence[Any]) -> int | None:
         model.train(training)
         torch.set_rng_state(state)
     return int(out.shape[-1]) if isinstance(out, torch.Tensor) and out.dim() >= 1 else None
+
+
+def _inputs(dataset: Any, limit: int) -> torch.Tensor | None:
+    """The floating-point inputs of the first ``limit`` samples, stacked (``None`` when they do not stack)."""
+    rng = RngState.capture(numpy=True)
+    rows = []
+    try:
+        for i in range(min(len(dataset), limit)):
+            sample = dataset[i]
+            x = sample[0] if isinstance(sample, (tuple, list)) else sample
+            if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+                return None
+            rows.append(x.detach().reshape(-1).double())
+        return torch.stack(rows) if len(rows) >= 2 else None
+    except (TypeError, RuntimeError):
+        return None
+    finally:
+        rng.restore()
+
+
+def input_scale(dataset: Any, limit: int = 1000) -> tuple[list[Finding], list[Finding]]:
+    """``(unnormalized_inputs, constant_features)`` findings from per-feature statistics of the inputs."""
+    x = _inputs(dataset, limit)
+    if x is None:
+        return [], []
+    finite = torch.isfinite(x).all(dim=0)
+    x = x[:, finite]
+    if not x.numel():
+        return [], []
+    mean, std = x.mean(dim=0), x.std(dim=0)
+    where = f"dataset {type(dataset).__name__} inputs"
+    scale: list[Finding] = []
+    big_mean, big_std = float(mean.abs().max()), float(std.max())
+    if big_mean > 10 or big_std > 100:
+        scale.append(
+            Finding(
+                "unnormalized_inputs",
+                "warning",
+                where,
+                f"input features have means up to {big_mean:.3g} and standard deviations up to {big_std:.3g} "
+                f"(over {x.shape[0]} samples): far from unit scale, the stable learning rate becomes tiny and "
+                "activations overflow sooner",
+                "Standardize the inputs: subtract the per-feature mean and divide by its std (plus a small eps), "
+                "computed on the training set.",
+                evidence={"max_abs_mean": big_mean, "max_std": big_std, "samples": x.shape[0]},
+            )
+        )
+    constant = torch.nonzero(std == 0).reshape(-1).tolist()
+    flat: list[Finding] = []
+    if constant:
+        flat.append(
+            Finding(
+                "constant_features",
+                "info",
+                where,
+                f"{len(constant)} input feature(s) never change over {x.shape[0]} samples (flat positions "
+                f"{constant[:10]}): they carry no information, and a per-feature standardization divides them "
+                "0 by 0",
+                "Drop them, or add an eps to the std in the normalization.",
+                evidence={"features": constant[:100], "samples": x.shape[0]},
+            )
+        )
+    return scale, flat
+
+
+def initial_loss(model: nn.Module, batch: Any, loss_fn: Any, num_outputs: int) -> list[Finding]:
+    """A classifier's loss on one batch at initialization against log(C) (the loss of uniform guessing)."""
+    if num_outputs < 2 or not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        return []
+    training, state = model.training, torch.get_rng_state()
+    try:
+        model.eval()
+        with torch.no_grad():
+            loss = float(loss_fn(model(batch[0]), batch[1]))
+    except Exception:
+        return []
+    finally:
+        model.train(training)
+        torch.set_rng_state(state)
+    expected = math.log(num_outputs)
+    if math.isfinite(loss) and loss <= 3 * expected:
+        return []
+    return [
+        Finding(
+            "initial_loss",
+            "warning",
+            f"{type(model).__name__} at initialization",
+            f"the first batch's loss is {loss:.4g}, against log({num_outputs}) = {expected:.3g} for uniform "
+            "guessing: the initial logits are far too large (initialization scale, unnormalized inputs, or a "
+            "final layer that amplifies)",
+            "Initialize the last layer small (e.g. its weight times 0.01, bias 0), normalize the inputs, and "
+            "check that the loss takes logits (not probabilities).",
+            evidence={"loss": loss, "log_classes": expected},
+        )
+    ]

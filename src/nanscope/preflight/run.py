@@ -21,6 +21,7 @@ def check(
     *,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
+    loss_fn: Any = None,
     schedule_steps: int | None = None,
     ignore_index: int = -100,
     scan_seconds: float = 60.0,
@@ -31,7 +32,9 @@ def check(
     at most ``scan_seconds``), ``label_out_of_range`` (integer class targets of ``(inputs, target)`` samples
     against the model's number of outputs), ``eps_zero`` (``optimizer`` and normalization layers),
     ``lr_schedule_nonfinite`` (``scheduler`` dry-run over ``schedule_steps``, default its ``total_steps`` or
-    1000, then put back). Nothing is trained; the model, optimizer, scheduler and random streams are left as
+    1000, then put back), ``unnormalized_inputs`` and ``constant_features`` (input statistics of up to 1,000
+    samples), ``initial_loss`` (with ``loss_fn(output, target)``, on a batch of up to 64 samples). Nothing is
+    trained; the model, optimizer, scheduler and random streams are left as
     they were.
     """
     if not isinstance(model, nn.Module):
@@ -50,9 +53,16 @@ def check(
             checked.append(code)
 
     run("nonfinite_samples", checks.nonfinite_samples(dataset, scan_seconds))
+    scale, flat = checks.input_scale(dataset)
+    run("unnormalized_inputs", scale)
+    run("constant_features", flat)
     outputs = _outputs(model, dataset)
     if outputs is not None and outputs > 1:
         run("label_out_of_range", checks.label_out_of_range(dataset, outputs, ignore_index))
+        if loss_fn is not None:
+            batch = _first_batch(dataset, 64)
+            if batch is not None:
+                run("initial_loss", checks.initial_loss(model, batch, loss_fn, outputs))
     run("eps_zero", checks.eps_zero(model, [optimizer] if optimizer is not None else []))
     if scheduler is not None:
         steps = schedule_steps or checks.planned_steps(scheduler, 1000)
@@ -77,6 +87,20 @@ def _outputs(model: nn.Module, dataset: Any) -> int | None:
     if not isinstance(inputs, torch.Tensor):
         return None
     return checks.num_outputs(model, (inputs.unsqueeze(0),))
+
+
+def _first_batch(dataset: Any, size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The first ``size`` ``(inputs, target)`` samples stacked into a batch (``None`` if they do not stack)."""
+    rng = RngState.capture(numpy=True)
+    try:
+        samples = [dataset[i] for i in range(min(_length(dataset) or 0, size))]
+        xs = torch.stack([s[0] for s in samples])
+        ys = torch.stack([torch.as_tensor(s[1]) for s in samples])
+    except (TypeError, RuntimeError, IndexError):
+        return None
+    finally:
+        rng.restore()
+    return xs, ys
 
 
 def _length(dataset: Any) -> int | None:
