@@ -123,3 +123,9 @@ def test_a_batch_statistic_is_reported_as_needing_the_samples_together():
     (evidence,) = [e for e in cause.evidence if e.label == "counterfactual"]
     assert evidence.data["together"] and "needs the samples together" in evidence.detail
     assert cause.samples is None  # no sample is to blame
+    # the re-runs stopped by OriginFound left no global module hook or dispatch mode behind
+    from torch.nn.modules import module as module_globals
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    assert not module_globals._global_forward_pre_hooks and not module_globals._global_forward_hooks
+    assert _get_current_dispatch_mode() is None

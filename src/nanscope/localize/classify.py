@@ -85,13 +85,10 @@ def growth(history: History, window: int = 50) -> tuple[float, float, int] | Non
     ]
     if len(points) < 4:
         return None
-    n = len(points)
-    mean_s = sum(s for s, _ in points) / n
-    mean_l = sum(v for _, v in points) / n
-    var = sum((s - mean_s) ** 2 for s, _ in points)
-    if var == 0:
+    try:
+        slope, _ = statistics.linear_regression([s for s, _ in points], [v for _, v in points])
+    except statistics.StatisticsError:  # every point at one step
         return None
-    slope = sum((s - mean_s) * (v - mean_l) for s, v in points) / var
     span = points[-1][0] - points[0][0]
     return math.exp(slope * span), math.exp(slope), span
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -196,10 +196,9 @@ def planned_steps(scheduler: Any, default: int) -> int:
     return int(total) if isinstance(total, int) and total > 0 else default
 
 
-def num_outputs(model: nn.Module, batch: Sequence[Any]) -> int | None:
-    """The last dimension of the model's output on the inputs of one batch (eval mode, no gradients, the
+def num_outputs(model: nn.Module, inputs: torch.Tensor) -> int | None:
+    """The last dimension of the model's output on a batch of ``inputs`` (eval mode, no gradients, the
     model's mode and RNG put back)."""
-    inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
     training = model.training
     state = torch.get_rng_state()
     try:

@@ -86,7 +86,7 @@ def _outputs(model: nn.Module, dataset: Any) -> int | None:
     inputs = sample[0] if isinstance(sample, (tuple, list)) else sample
     if not isinstance(inputs, torch.Tensor):
         return None
-    return checks.num_outputs(model, (inputs.unsqueeze(0),))
+    return checks.num_outputs(model, inputs.unsqueeze(0))
 
 
 def _first_batch(dataset: Any, size: int) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -86,11 +86,11 @@ class RollbackOptions:
 
     Each rollback restores the newest good snapshot taken before the first early warning (loss or grad-norm
     spike) of the episode that failed, and multiplies the learning rate by a back-off: ``backoff``, or, when
-    the grad norm grew steadily before the failure, one over its measured per-step growth (at most
-    ``backoff``): the rate was too high by about that much. Every ``cooldown`` steps without a failure undo
-    one one-off factor, so a one-off failure costs a while at a lower rate; a factor sized from steady growth
-    (x2 or more per step), and every factor after a failure that followed a relaxation, is kept for the rest
-    of the run. ``cooldown=None`` keeps every factor from the first rollback."""
+    the grad norm grew steadily before the failure, one over its measured per-step growth (between
+    ``backoff ** 2`` and ``backoff``): the rate was too high by about that much. Every ``cooldown`` steps
+    without a failure the multiplier doubles back, never up to one that failed: a steady divergence makes the
+    rate it happened at a ceiling, and so does a failure right after a doubling (which halves it again).
+    ``cooldown=None`` keeps the multiplier for the rest of the run."""
 
     every: int | None = None
     max_every: int = 50
@@ -125,9 +125,9 @@ class Event:
     first: bool  # the run's first event
     repeats: int = 0  # earlier failed steps with the same cause kind (and hyperparameter)
     retryable: bool = False  # the loop is replaying the failing step now: its finite update can be applied
-    # the same weights on the last good batch: finite (True: the batch explains it), failing (False: the
-    # weights do), or not measured (None)
-    batch_explains: bool | None = None
+    # the origin op re-run with the same weights on the last good batch: True, it fails there too (the weights
+    # are the cause); False, finite there (the batch explains it); None, not measured
+    last_good_fails: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +238,7 @@ class Policy:
         if self.handler == "rollback":
             # the batch explains it: skipped, unless op failures repeat step after step (the weights drift)
             repeated = cause.kind != "nonfinite_input" and event.consecutive >= 2
-            weights = cause.kind != "nonfinite_input" and event.batch_explains is False
+            weights = cause.kind != "nonfinite_input" and event.last_good_fails is True
             if (
                 not event.applied
                 and cause.kind in _BATCH_KINDS

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from nanscope.report.json import _plain
+from nanscope.report.json import to_plain
 from nanscope.report.model import Evidence
 
 __all__ = ["SCHEMA", "CurvesReport", "SeriesSummary", "dumps", "render_text", "to_dict"]
@@ -46,7 +46,7 @@ class CurvesReport:
 
 
 def to_dict(report: CurvesReport) -> dict[str, Any]:
-    data = _plain(report)
+    data = to_plain(report)
     return {"schema": data.pop("schema"), **data}
 
 

@@ -260,8 +260,6 @@ class Reruns:
         models = self._naming.models.values()
         return {id(m): self._naming.module(m) or "" for model in models for m in model.modules()}
 
-    # ------------------------------------------------------------------ evidence
-
 
 def _call_on(call: ModelCall, rows: list[int], size: int) -> Callable[[Any], object]:
     """The model's forward on ``rows`` of the recorded call's inputs."""

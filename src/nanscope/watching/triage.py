@@ -221,6 +221,7 @@ class Triage:
             last_good_fails=last_good_fails,
         )
 
+    # ------------------------------------------------------------------ evidence
     def _layer_growth(self, top: int = 3) -> tuple[tuple[str, float, float], ...]:
         """The parameters whose gradient norm grew the most over the last finite reads: ``(name, first, last)``."""
         by_name: dict[str, list[float]] = {}

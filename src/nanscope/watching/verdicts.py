@@ -89,7 +89,6 @@ class Verdicts:
         # after a nonfinite_input diagnosis, the whole dataset is read once (see localize.dataset_scan)
         self._scan_seconds = scan_seconds
         self._scans: list[tuple[object, DatasetScan | None]] = []  # (dataset, its scan), one per dataset
-        self.dataset_scan: DatasetScan | None = None  # the first scan, for the report
 
     def clipped(self, it: Iteration, kind: str, limit: float) -> None:
         it.script_clip = self.script_clip = (kind, limit)
@@ -251,7 +250,7 @@ class Verdicts:
                 first=first,
                 repeats=self._causes[cause_key] - 1,
                 retryable=retryable,
-                batch_explains=None if obs.last_good_fails is None else not obs.last_good_fails,
+                last_good_fails=obs.last_good_fails,
             )
         )
         self._act(decision, found, obs.step, it, first)
@@ -296,6 +295,11 @@ class Verdicts:
             reason = f"{found.cause.kind} at step {step}: {found.cause.summary}"[:300]
             self._recoverer.quarantine_samples(datasets[-1], samples, reason, step, found.cause.kind)
 
+    @property
+    def dataset_scan(self) -> DatasetScan | None:
+        """The first dataset scan, for the report."""
+        return next((scan for _, scan in self._scans if scan is not None), None)
+
     def _scan_dataset(self, found: Diagnosis, obs: Observation, it: Iteration) -> Diagnosis:
         """After a ``nonfinite_input`` diagnosis, every dirty sample of the batch's dataset (read once per
         dataset, bounded by ``scan_seconds``; not in distributed runs, whose ranks must act alike)."""
@@ -312,8 +316,6 @@ class Verdicts:
         self._scans.append((datasets[-1], scan))
         if scan is None:
             return found
-        if self.dataset_scan is None:
-            self.dataset_scan = scan
         data = {"samples": list(scan.dirty), "scanned": scan.scanned, "total": scan.total}
         cause = replace(
             found.cause, evidence=(*found.cause.evidence, Evidence("dataset scan", scan.text(), data))
