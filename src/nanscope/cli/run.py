@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import runpy
 import sys
 import traceback
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from typing import Any
 
 from nanscope._rank import distributed_rank
 from nanscope.cli._exit import EPILOG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NONFINITE, EXIT_USAGE
+from nanscope.cli._script import launcher, resolve, run_target
 from nanscope.errors import NonFiniteError, UsageError
 from nanscope.recover.policy import HANDLERS, MEASURES
 
@@ -147,44 +147,22 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
         print(f"nanscope run: error: {message}", file=sys.stderr)
         return EXIT_USAGE
 
-    if not args.target:
-        return usage(
-            "give a script to run (nanscope run train.py [args]) or a module (nanscope run -m pkg.mod)"
-        )
-    launcher = _launcher(args.target, args.module)
-    if launcher is not None:
-        return usage(
-            f"{launcher} starts the training processes itself, so nanscope would watch only the launcher: put "
-            f"nanscope inside it, e.g. `torchrun --nproc_per_node N -m nanscope run [options] train.py [args]`, "
-            "`torchrun --no-python nanscope run [options] train.py`, or `accelerate launch -m nanscope run "
-            "[options] train.py`"
-        )
-    args.script = None if args.module else args.target
-    args.module = args.target if args.module else None
-    target: str | None = None
-    if args.script:
-        path = Path(args.script)
-        if not path.exists():
-            return usage(f"script not found: {args.script}")
-        if path.is_dir() and not (path / "__main__.py").exists():
-            return usage(f"{args.script} is a directory without __main__.py")
-        target = os.path.abspath(path if path.is_file() else path / "__main__.py")
-    if args.module:
-        import importlib.util
-
-        sys.path.insert(0, os.getcwd())
-        try:
-            found = importlib.util.find_spec(args.module) is not None
-        except (ImportError, ValueError):
-            found = False
-        finally:
-            sys.path.pop(0)
-        if not found:
-            return usage(f"no module named {args.module!r}")
+    if args.target:
+        where = launcher(args.target, args.module)
+        if where is not None:
+            return usage(
+                f"{where} starts the training processes itself, so nanscope would watch only the launcher: put "
+                f"nanscope inside it, e.g. `torchrun --nproc_per_node N -m nanscope run [options] train.py [args]`, "
+                "`torchrun --no-python nanscope run [options] train.py`, or `accelerate launch -m nanscope run "
+                "[options] train.py`"
+            )
+    problem = resolve(args)
+    if problem is not None:
+        return usage(problem.replace("…", "nanscope run"))
+    target = args.path
     if args.history < 1:
         return usage(f"--history must be >= 1, got {args.history}")
 
-    saved_argv, saved_path0 = sys.argv[:], sys.path[0] if sys.path else None
     code = 0
     options = relaunch.Options.of(args)
     try:
@@ -194,17 +172,7 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
     saved_env = os.environ.get(relaunch.ENV)
     os.environ[relaunch.ENV] = options.to_env()  # ranks the script launches itself are watched too
     try:
-        if args.module:
-            sys.argv = [args.module, *args.args]
-            sys.path[0] = os.getcwd()
-            runpy.run_module(args.module, run_name="__main__", alter_sys=True)
-        else:
-            assert target is not None
-            sys.argv = [args.script, *args.args]
-            sys.path[0] = (
-                os.path.dirname(target) if os.path.isfile(args.script) else os.path.abspath(args.script)
-            )
-            runpy.run_path(args.script, run_name="__main__")
+        run_target(args)
     except NonFiniteError:
         code = EXIT_NONFINITE
         if distributed_rank() is not None:
@@ -224,9 +192,6 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
         watcher.ended_by(exc)
         code = EXIT_FAILED
     finally:
-        sys.argv = saved_argv
-        if saved_path0 is not None:
-            sys.path[0] = saved_path0
         if saved_env is None:
             os.environ.pop(relaunch.ENV, None)
         else:
@@ -299,17 +264,6 @@ def _leave_together(report: Any, rank: int) -> None:
         }
         with contextlib.suppress(OSError):
             Path(path).write_text(json.dumps(record))
-
-
-_LAUNCHERS = {"torchrun", "accelerate", "deepspeed", "torch.distributed.run", "torch.distributed.launch"}
-
-
-def _launcher(target: str, module: bool) -> str | None:
-    """The launcher ``target`` names (a command or a module that spawns the ranks), or None."""
-    name = target if module else os.path.basename(target)
-    if name in _LAUNCHERS or (module and name.split(".")[0] in ("accelerate", "deepspeed")):
-        return f"`{target}`"
-    return None
 
 
 def _finish_before_terminating() -> None:

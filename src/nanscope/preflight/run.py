@@ -9,10 +9,11 @@ from torch import nn
 
 from nanscope.errors import UsageError
 from nanscope.localize.replay import RngState
-from nanscope.preflight import checks
+from nanscope.preflight import checks, model_checks, trial
+from nanscope.preflight.probe import Probe
 from nanscope.preflight.report import CheckReport, Finding
 
-__all__ = ["check"]
+__all__ = ["check", "probed"]
 
 
 def check(
@@ -59,10 +60,16 @@ def check(
     outputs = _outputs(model, dataset)
     if outputs is not None and outputs > 1:
         run("label_out_of_range", checks.label_out_of_range(dataset, outputs, ignore_index))
-        if loss_fn is not None:
-            batch = _first_batch(dataset, 64)
-            if batch is not None:
-                run("initial_loss", checks.initial_loss(model, batch, loss_fn, outputs))
+    not_checked: dict[str, str] = {}
+    if loss_fn is not None:
+        batch = _first_batch(dataset, 64)
+        if batch is None:
+            not_checked["model"] = "the first samples do not stack into an (inputs, target) batch"
+        else:
+            found, passed, skipped = trial.on_copy(model, batch, loss_fn, optimizer)
+            findings.extend(found)
+            checked.extend(passed)
+            not_checked.update(skipped)
     run("eps_zero", checks.eps_zero(model, [optimizer] if optimizer is not None else []))
     if scheduler is not None:
         steps = schedule_steps or checks.planned_steps(scheduler, 1000)
@@ -70,8 +77,88 @@ def check(
     return CheckReport(
         findings=tuple(findings),
         checked=tuple(checked),
-        environment={"torch": torch.__version__, "samples": _length(dataset)},
+        environment={"torch": torch.__version__, "samples": _length(dataset), "not_checked": not_checked},
     )
+
+
+def probed(
+    probe: Probe, *, schedule_steps: int | None = None, ignore_index: int = -100, scan_seconds: float = 60.0
+) -> CheckReport:
+    """The report of ``nanscope check script.py``: the checks on what :class:`Probe` learned of the script."""
+    findings: list[Finding] = []
+    checked: list[str] = []
+    not_checked: dict[str, str] = {}
+
+    def run(code: str, found: list[Finding]) -> None:
+        findings.extend(found)
+        if not found:
+            checked.append(code)
+
+    recorded = probe.recorder.result if probe.recorder is not None else None
+    classes = recorded.loss.classes if recorded is not None and recorded.loss is not None else None
+    if not probe.datasets:
+        not_checked["data"] = "the script drew no batch from a DataLoader before it stopped"
+    for dataset in probe.datasets:
+        run("nonfinite_samples", checks.nonfinite_samples(dataset, scan_seconds))
+        scale, flat = checks.input_scale(dataset)
+        run("unnormalized_inputs", scale)
+        run("constant_features", flat)
+        if classes is not None and classes > 1:
+            run("label_out_of_range", checks.label_out_of_range(dataset, classes, ignore_index))
+    if recorded is not None and probe.updates:
+        found, passed = model_checks.iteration_findings(recorded)
+        findings.extend(found)
+        checked.extend(passed)
+    elif not probe.models:
+        not_checked["model"] = "the script created no optimizer and ran no backward() before it stopped"
+    else:
+        not_checked["model"] = "the script made no optimizer step before it stopped"
+    if probe.overfit_skipped is not None:
+        not_checked["cannot_overfit_batch"] = probe.overfit_skipped
+    elif probe.updates:
+        found, why = model_checks.overfit_findings(
+            model_checks.Overfit(
+                tuple(probe.overfit_losses), where=", ".join(type(m).__name__ for m in probe.models)
+            )
+        )
+        findings.extend(found)
+        if why is not None:
+            not_checked["cannot_overfit_batch"] = why
+        elif not found:
+            checked.append("cannot_overfit_batch")
+    models: list[nn.Module | None] = list(probe.models) or [None]
+    run(
+        "eps_zero",
+        [f for i, m in enumerate(models) for f in checks.eps_zero(m, probe.optimizers if i == 0 else [])],
+    )
+    for scheduler, state, groups in probe.schedulers:
+        scheduler.load_state_dict(state)  # as it was at the first step: the dry run starts there
+        for group, before in zip(scheduler.optimizer.param_groups, groups, strict=False):
+            group.update(before)
+        steps = schedule_steps or checks.planned_steps(scheduler, 1000)
+        run("lr_schedule_nonfinite", checks.lr_schedule_nonfinite(scheduler, steps))
+    return CheckReport(
+        findings=_unique(findings),
+        checked=tuple(dict.fromkeys(c for c in checked if all(f.code != c for f in findings))),
+        environment={
+            "torch": torch.__version__,
+            "samples": [_length(d) for d in probe.datasets],
+            "optimizer_steps": probe.updates,
+            "models": [type(m).__name__ for m in probe.models],
+            "not_checked": not_checked,
+        },
+    )
+
+
+def _unique(findings: list[Finding]) -> tuple[Finding, ...]:
+    seen: set[tuple[str, str, str]] = set()
+    out = []
+    for f in findings:
+        key = (f.code, f.where, f.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(f)
+    return tuple(out)
 
 
 def _outputs(model: nn.Module, dataset: Any) -> int | None:

@@ -22,7 +22,7 @@ from nanscope.errors import UsageError
 from nanscope.report.curves import CurvesReport
 from nanscope.report.model import Report
 
-__all__ = ["curves_page", "run_page", "write"]
+__all__ = ["curves_page", "page", "run_page", "write"]
 
 _STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222; padding: 0 1em; }
@@ -63,7 +63,7 @@ def _log_scale(values: Sequence[float]) -> bool:
     return len(positive) == len(values) and bool(positive) and max(positive) / min(positive) > 20
 
 
-def _page(title: str, body: list[str]) -> str:
+def page(title: str, body: list[str]) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>\n"
@@ -180,7 +180,7 @@ def run_page(report: Report) -> str:
         f'<p class="dim">nanscope {html.escape(str(env.get("nanscope", "")))}, torch '
         f"{html.escape(str(env.get('torch', '')))}; policy {html.escape(report.policy)}</p>"
     )
-    return _page("nanscope report", body)
+    return page("nanscope report", body)
 
 
 def curves_page(report: CurvesReport, curves: Curves) -> str:
@@ -241,7 +241,7 @@ def curves_page(report: CurvesReport, curves: Curves) -> str:
         for s in report.series
     ]
     body.append("</table>")
-    return _page("nanscope doctor", body)
+    return page("nanscope doctor", body)
 
 
 def write(page: str, path: str | os.PathLike[str]) -> Path:

@@ -8,7 +8,7 @@ from typing import IO
 
 from nanscope.report.model import EarlyWarning, Intervention, Report
 
-__all__ = ["early_warning_line", "intervention_line", "print_report", "render_text"]
+__all__ = ["early_warning_line", "intervention_line", "print_panel", "print_report", "render_text"]
 
 
 def _fmt(value: float | None) -> str:
@@ -140,18 +140,23 @@ def render_text(report: Report) -> str:
 
 def print_report(report: Report, file: IO[str] | None = None) -> None:
     """Print the report for a person: through rich when installed (``pip install nanscope[cli]``)."""
+    border = "green" if report.first_nonfinite is None else "red"
+    print_panel("nanscope report", _lines(report), border, file)
+
+
+def print_panel(title: str, lines: list[tuple[str, str]], border: str, file: IO[str] | None = None) -> None:
+    """``(style, text)`` lines in a rich panel, or as plain text without rich."""
     stream = file if file is not None else sys.stderr
     try:
         from rich.console import Console
         from rich.panel import Panel
         from rich.text import Text
     except ImportError:
-        stream.write(render_text(report))
+        stream.write("\n".join([title, *(text for _, text in lines)]) + "\n")
         return
     body = Text()
-    for i, (style, text) in enumerate(_lines(report)):
+    for i, (style, text) in enumerate(lines):
         body.append(("\n" if i else "") + text, style=style or None)
-    border = "green" if report.first_nonfinite is None else "red"
     Console(file=stream, highlight=False, soft_wrap=False).print(
-        Panel(body, title="nanscope report", border_style=border, expand=False)
+        Panel(body, title=title, border_style=border, expand=False)
     )
