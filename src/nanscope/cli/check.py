@@ -1,4 +1,5 @@
-"""``nanscope check [options] script.py [args...]``: the checks a long run deserves, before it starts.
+"""``nanscope check [options] script.py [args...]`` / ``nanscope check solver.prototxt``: the checks a long
+run deserves, before it starts.
 
 Runs the unmodified script for its first optimizer steps: learns its models, optimizers, DataLoaders, datasets,
 LR schedulers and the loss's autograd graph; records the first iteration; then trains the model on the first
@@ -6,6 +7,7 @@ batch again and again with a reference optimizer (Adam, lr 1e-2) through the scr
 and stops the script (nothing it would do after that point is done). Then it checks the data (every sample, in
 time bounds), the model, the loss and the schedule, prints the findings and writes ``nanscope.check/1``.
 The probe trains the script's model on one batch: it is not a training run, and its weights are not saved.
+A Caffe ``.prototxt`` (solver or net) is read instead: its LR policy and its Pooling layers are checked.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ _EXAMPLES = """examples:
   nanscope check train.py --lr 0.1                   the script's arguments follow it
   nanscope check --json check.json -m mypkg.train     a module, as python -m mypkg.train
   nanscope check --steps 40 train.py                  a longer one-batch overfit
+  nanscope check solver.prototxt                      a Caffe solver (lr_policy) or net (Pooling strides)
 
 exit codes: 0 no finding is an error, 4 a finding is an error, 2 usage error, 1 the script raised before
 its first optimizer step (its traceback is printed; the checks that need no step still run)
@@ -79,11 +82,8 @@ def add_parser(sub: Any, name: str) -> None:
 
 
 def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
-    from nanscope._atomic import atomic_write_text
     from nanscope.preflight.probe import Probe, ProbeDone
     from nanscope.preflight.run import probed
-    from nanscope.report import html
-    from nanscope.report.check import check_page, print_check
     from nanscope.watching import patches
 
     def usage(message: str) -> int:
@@ -98,6 +98,14 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
         )
     if not args.scan_seconds >= 0:
         return usage(f"--scan-seconds must be >= 0, got {args.scan_seconds}")
+    if args.target and args.target.endswith(".prototxt") and not args.module:
+        from nanscope.preflight.caffe import check_file
+
+        try:
+            report = check_file(args.target)
+        except UsageError as exc:
+            return usage(str(exc))
+        return _finish(report, args)
     if args.target and launcher(args.target, args.module):
         return usage("check one process: run `nanscope check train.py` without the launcher")
     problem = resolve(args)
@@ -129,6 +137,15 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
         )
     except UsageError as exc:
         return usage(str(exc))
+    code = _finish(report, args)
+    return EXIT_FAILED if code == EXIT_OK and raised is not None and probe.updates == 0 else code
+
+
+def _finish(report: Any, args: argparse.Namespace) -> int:
+    from nanscope._atomic import atomic_write_text
+    from nanscope.report import html
+    from nanscope.report.check import check_page, print_check
+
     if args.json:
         atomic_write_text(args.json, report.dumps())
     if args.html:
@@ -138,6 +155,4 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
         for path in (args.json, args.html):
             if path:
                 print(f"nanscope: check report written to {path}", file=sys.stderr)
-    if not report.ok:
-        return EXIT_FINDINGS
-    return EXIT_FAILED if raised is not None and probe.updates == 0 else EXIT_OK
+    return EXIT_OK if report.ok else EXIT_FINDINGS
