@@ -183,3 +183,29 @@ def test_bad_arguments_are_refused_with_the_reason():
         nanscope.check("model", Flat())
     with pytest.raises(nanscope.UsageError, match="data must be a Dataset"):
         nanscope.check(_classifier(), 42)
+
+
+def test_api_model_checks_run_on_a_copy_and_leave_everything_as_it_was():
+    """With loss_fn: the loss-graph, activation, gradient and overfit codes on a copy; a softmax before
+    cross_entropy is found, and a (N, 1) output against (N,) targets cannot fit one batch."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 6, generator=g)
+    data = TensorDataset(x, (x @ torch.randn(6, 3, generator=g)).argmax(1))
+    model = nn.Sequential(_classifier(), nn.Softmax(dim=-1))
+    opt = torch.optim.Adam(model.parameters())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    report = nanscope.check(model, data, optimizer=opt, loss_fn=nn.functional.cross_entropy)
+    assert {f.code for f in report.findings} == {"double_softmax"}
+    assert {"dead_relu", "vanishing_gradients", "exploding_gradients", "init_scale"} <= set(report.checked)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert torch.equal(rng, torch.get_rng_state()) and opt.state == {}
+
+    regression = nn.Sequential(nn.Linear(6, 32), nn.Tanh(), nn.Linear(32, 1))
+    targets = TensorDataset(x, x @ torch.randn(6, generator=g))  # targets (N,): the output is (N, 1)
+    with pytest.warns(UserWarning, match="target size"):
+        broadcast = nanscope.check(regression, targets, loss_fn=nn.functional.mse_loss)
+    assert [f.code for f in broadcast.findings] == ["cannot_overfit_batch"]
+    fixed = nanscope.check(regression, targets, loss_fn=lambda out, y: nn.functional.mse_loss(out[:, 0], y))
+    assert fixed.findings == () and "cannot_overfit_batch" in fixed.checked

@@ -150,6 +150,7 @@ def test_demo_names_the_dirty_recordings(tmp_path):
     assert report.cause.kind == "nonfinite_input"
     assert report.cause.samples and set(report.cause.samples) <= set(Recordings().dead)
     assert "dataset samples" in result.stderr
+    assert "`nanscope check " in result.stderr and "(nonfinite_samples: every dataset sample" in result.stderr
     # the whole dataset was read after the diagnosis: every flat recording is named at once
     scan = report.dataset_scan
     assert scan is not None and scan.complete and scan.total == len(Recordings())

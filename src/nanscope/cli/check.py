@@ -143,8 +143,8 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
 
 def _finish(report: Any, args: argparse.Namespace) -> int:
     from nanscope._atomic import atomic_write_text
+    from nanscope.preflight.render import check_page, print_check
     from nanscope.report import html
-    from nanscope.report.check import check_page, print_check
 
     if args.json:
         atomic_write_text(args.json, report.dumps())

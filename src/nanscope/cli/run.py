@@ -229,7 +229,24 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
         for path in (args.json, args.html):
             if path:
                 print(f"nanscope: report written to {path}", file=sys.stderr)
+        hint = _check_hint(report, args)
+        if hint:
+            print(hint, file=sys.stderr)
     return code
+
+
+def _check_hint(report: Any, args: argparse.Namespace) -> str | None:
+    """One line pointing to ``nanscope check`` when a pre-flight code would have caught this diagnosis."""
+    from nanscope.preflight.report import CODES_FOR_CAUSE
+
+    codes = CODES_FOR_CAUSE.get(report.cause.kind) if report.cause is not None else None
+    if not codes:
+        return None
+    target = f"-m {args.module}" if args.module else args.script
+    return (
+        f"nanscope: before the next run, `nanscope check {target}` checks for this ({', '.join(codes)}"
+        f"{': every dataset sample at once' if codes == ('nonfinite_samples',) else ''})"
+    )
 
 
 def _leave_together(report: Any, rank: int) -> None:

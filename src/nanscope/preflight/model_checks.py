@@ -28,7 +28,7 @@ SCALE_RATIO = 1e3
 GRAD_RATIO = 1e4
 UPDATE_RATIO = 1.0
 OVERFIT_LR = 1e-2  # Adam's; 20 steps of it take healthy models of five kinds to <= 0.4 of their first loss
-OVERFIT_KEEPS = 0.7
+OVERFIT_KEEPS = 0.5
 STALL = 0.05  # a fall over the last third of the steps below 5 % of the loss: it has stopped falling
 
 

@@ -9,10 +9,19 @@ from typing import Any, Literal
 
 from nanscope.report.json import to_plain
 
-__all__ = ["SCHEMA", "CheckReport", "Finding"]
+__all__ = ["CODES_FOR_CAUSE", "SCHEMA", "CheckReport", "Finding"]
 
 SCHEMA = "nanscope.check/1"
 Severity = Literal["error", "warning", "info"]
+
+#: the pre-flight codes that would have caught a run's diagnosis kind before the run (``nanscope run``'s hint)
+CODES_FOR_CAUSE = {
+    "nonfinite_input": ("nonfinite_samples",),
+    "invalid_hyperparameter": ("lr_schedule_nonfinite", "eps_zero"),
+    "gradient_explosion": ("exploding_gradients", "init_scale", "unnormalized_inputs"),
+    "overflow": ("unnormalized_inputs", "init_scale", "initial_loss"),
+    "domain_error": ("log_of_softmax", "sigmoid_bce", "label_out_of_range"),
+}
 
 
 @dataclass(frozen=True, slots=True)

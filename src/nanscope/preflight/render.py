@@ -1,4 +1,4 @@
-"""Rendering of the pre-flight report (``nanscope.check/1``): terminal lines and an HTML page."""
+"""Rendering of the pre-flight report (``nanscope.check/1``): terminal lines and an HTML page (data in report.py)."""
 
 from __future__ import annotations
 
