@@ -16,6 +16,7 @@ from nanscope.errors import (
     SpikeWarning,
     UsageError,
 )
+from nanscope.preflight.lr_find import LRFindResult, lr_find
 from nanscope.preflight.report import CheckReport, Finding
 from nanscope.preflight.run import check
 from nanscope.recover.policy import ClipOptions, GiveUp, Policy, RollbackOptions, make_policy
@@ -49,6 +50,7 @@ __all__ = [
     "History",
     "InternalErrorWarning",
     "Intervention",
+    "LRFindResult",
     "NanscopeError",
     "NanscopeWarning",
     "NonFiniteError",
@@ -63,6 +65,7 @@ __all__ = [
     "WatcherState",
     "__version__",
     "check",
+    "lr_find",
     "make_policy",
     "watch",
 ]

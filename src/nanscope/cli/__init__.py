@@ -10,12 +10,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from nanscope.cli import check, demo, doctor, run
+from nanscope.cli import check, demo, doctor, lr_find, run
 from nanscope.cli._exit import EPILOG, EXIT_NONFINITE, EXIT_OK, EXIT_USAGE
 
 __all__ = ["EXIT_NONFINITE", "EXIT_OK", "EXIT_USAGE", "entry", "main"]
 
-_COMMANDS = {"run": run, "check": check, "demo": demo, "doctor": doctor}
+_COMMANDS = {"run": run, "check": check, "lr-find": lr_find, "demo": demo, "doctor": doctor}
 
 
 def _parser() -> argparse.ArgumentParser:

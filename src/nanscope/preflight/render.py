@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import html
+import math
 from typing import IO
 
+from nanscope.preflight.lr_find import LRFindResult
 from nanscope.preflight.report import CheckReport
 from nanscope.report.text import print_panel
 
-__all__ = ["check_page", "lines", "print_check", "render_check"]
+__all__ = ["check_page", "lines", "lr_find_page", "print_check", "render_check"]
 
 _STYLE = {"error": "bold red", "warning": "bold yellow", "info": "cyan"}
 _CLASS = {"error": "verdict bad", "warning": "verdict warn", "info": "dim"}
@@ -71,3 +73,38 @@ def check_page(report: CheckReport) -> str:
             + "</ul>"
         )
     return page("nanscope check", body)
+
+
+def lr_find_page(result: LRFindResult) -> str:
+    """The loss (raw and smoothed) against the LR on a log axis, the suggestion and the divergence marked."""
+    from nanscope.report.html import figure_class, page, svg
+
+    figure = figure_class()(figsize=(8, 4.2))
+    ax = figure.subplots()
+    finite = [(lr, loss) for lr, loss in result.points if math.isfinite(loss)]
+    if finite:
+        ax.plot([p[0] for p in finite], [p[1] for p in finite], color="#bbb", lw=1, label="loss")
+    ax.plot(
+        [p[0] for p in result.points[: len(result.smoothed)]],
+        result.smoothed,
+        color="#1f77b4",
+        label="smoothed",
+    )
+    if result.suggested_lr is not None:
+        ax.axvline(
+            result.suggested_lr, color="#2ca02c", ls="--", label=f"suggested {result.suggested_lr:.3g}"
+        )
+    if result.diverged_at is not None:
+        ax.axvline(result.diverged_at, color="#d62728", ls=":", label=f"diverged {result.diverged_at:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss")
+    ax.legend()
+    body = [
+        "<h1>nanscope lr-find</h1>",
+        f"<p class='verdict {'good' if result.suggested_lr is not None else 'warn'}'>{html.escape(result.advice())}</p>",
+        f'<div id="plot">{svg(figure)}</div>',
+        f"<p class='dim'>{len(result.points)} steps, stopped: {html.escape(result.stop)}. Suggestion: the LR at the "
+        "smoothed loss's minimum divided by 10.</p>",
+    ]
+    return page("nanscope lr-find", body)

@@ -22,7 +22,7 @@ from nanscope.errors import UsageError
 from nanscope.report.curves import CurvesReport
 from nanscope.report.model import Report
 
-__all__ = ["curves_page", "page", "run_page", "write"]
+__all__ = ["curves_page", "figure_class", "page", "run_page", "svg", "write"]
 
 _STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222; padding: 0 1em; }
@@ -35,7 +35,7 @@ code { background: #f4f4f4; padding: 0 .25em; } .dim { color: #666; } svg { max-
 """
 
 
-def _matplotlib() -> Any:
+def figure_class() -> Any:
     try:
         from matplotlib.figure import Figure
     except ImportError as exc:
@@ -43,7 +43,7 @@ def _matplotlib() -> Any:
     return Figure
 
 
-def _svg(figure: Any) -> str:
+def svg(figure: Any) -> str:
     import matplotlib
 
     buffer = io.StringIO()
@@ -80,7 +80,7 @@ def _list(items: Sequence[str], ordered: bool = False, ident: str = "") -> str:
 
 def run_page(report: Report) -> str:
     """The page for a watched run: verdict, cause, where, samples, history plots, actions, suggestions."""
-    Figure = _matplotlib()
+    Figure = figure_class()
     first, cause = report.first_nonfinite, report.cause
     body = ["<h1>nanscope report</h1>"]
     if first is None:
@@ -151,7 +151,7 @@ def run_page(report: Report) -> str:
         axes[-1].set_xlabel("step")
         if first is not None:
             axes[0].legend(loc="best")
-        body.append(f'<h2>History</h2><div id="plot">{_svg(figure)}</div>')
+        body.append(f'<h2>History</h2><div id="plot">{svg(figure)}</div>')
     if report.early_warnings:
         body.append("<h2>Early warnings</h2>")
         body.append(
@@ -185,7 +185,7 @@ def run_page(report: Report) -> str:
 
 def curves_page(report: CurvesReport, curves: Curves) -> str:
     """The page for ``nanscope doctor``: the curves it used with the finding marked, the evidence, advice."""
-    Figure = _matplotlib()
+    Figure = figure_class()
     good = report.verdict == "healthy"
     since = "" if report.since is None else f" since {report.axis} {report.since:g}"
     body = [
@@ -226,7 +226,7 @@ def curves_page(report: CurvesReport, curves: Curves) -> str:
             axes[1].set_ylabel(lr[0].name)
             axes[1].grid(alpha=0.3)
         axes[-1].set_xlabel(report.axis)
-        body.append(f'<h2>Curves</h2><div id="plot">{_svg(figure)}</div>')
+        body.append(f'<h2>Curves</h2><div id="plot">{svg(figure)}</div>')
     body.append(
         "<h2>Findings</h2>" + _list([f"{f.label}: {f.detail}" for f in report.findings], ident="findings")
     )
