@@ -1,7 +1,8 @@
 """The ``nanscope`` command line: ``main(argv) -> exit code``, one module per subcommand.
 
 Exit codes: 0 healthy / done (or recovered under a recovering policy); 2 usage error; 3 a non-finite value
-stopped the run (``stop``, or a recovering policy that gave up); otherwise the watched script's own exit code.
+stopped the run (``stop``, or a recovering policy that gave up); 4 ``nanscope check`` found an error;
+otherwise the watched script's own exit code.
 """
 
 from __future__ import annotations

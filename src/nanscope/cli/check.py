@@ -17,13 +17,11 @@ import sys
 import traceback
 from typing import Any
 
-from nanscope.cli._exit import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from nanscope.cli._exit import EXIT_FAILED, EXIT_FINDINGS, EXIT_OK, EXIT_USAGE
 from nanscope.cli._script import launcher, resolve, run_target
 from nanscope.errors import UsageError
 
-__all__ = ["EXIT_FINDINGS", "add_parser", "execute"]
-
-EXIT_FINDINGS = 4  # a finding is an error
+__all__ = ["add_parser", "execute"]
 
 _EXAMPLES = """examples:
   nanscope check train.py --lr 0.1                   the script's arguments follow it
