@@ -29,7 +29,7 @@ GRAD_RATIO = 1e4
 UPDATE_RATIO = 1.0
 OVERFIT_LR = 1e-2  # Adam's; 20 steps of it take healthy models of five kinds to <= 0.4 of their first loss
 OVERFIT_KEEPS = 0.5
-STALL = 0.05  # a fall over the last third of the steps below 5 % of the loss: it has stopped falling
+STALL = 0.025  # a fall over the last third of the steps below 2.5 % of the loss: it has stopped falling
 
 
 def iteration_findings(it: Iteration) -> tuple[list[Finding], list[str]]:
@@ -207,11 +207,15 @@ class Overfit:
     where: str = "the model"
 
 
-def overfit_findings(result: Overfit) -> tuple[list[Finding], str | None]:
-    """``(findings, why not checked)``: a run that diverged under the reference optimizer tells nothing."""
+def overfit_findings(result: Overfit, steps: int) -> tuple[list[Finding], str | None]:
+    """``(findings, why not checked)`` after ``steps`` were asked for: a run cut short (the script ended) or
+    one that diverged under the reference optimizer tells nothing."""
     losses = result.losses
-    if len(losses) < 6:
-        return [], f"only {len(losses)} loss(es) on the repeated batch (need 6)"
+    if len(losses) - 1 < steps:
+        return [], (
+            f"the script ended after {max(len(losses) - 1, 0)} of the {steps} one-batch steps (give it more "
+            "epochs or data, or lower --steps)"
+        )
     first, last = losses[0], min(losses[-3:])
     if not all(math.isfinite(v) for v in losses) or not first > 0:
         return [], "the loss on the repeated batch was not finite and positive"

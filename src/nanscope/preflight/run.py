@@ -119,7 +119,8 @@ def probed(
         found, why = model_checks.overfit_findings(
             model_checks.Overfit(
                 tuple(probe.overfit_losses), where=", ".join(type(m).__name__ for m in probe.models)
-            )
+            ),
+            probe.steps,
         )
         findings.extend(found)
         if why is not None:

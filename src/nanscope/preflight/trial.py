@@ -79,7 +79,7 @@ def on_copy(
             reference.zero_grad(set_to_none=True)
             value.backward()
             reference.step()
-        found, why = overfit_findings(Overfit(tuple(losses), where=type(model).__name__))
+        found, why = overfit_findings(Overfit(tuple(losses), where=type(model).__name__), OVERFIT_STEPS)
         findings.extend(found)
         if why is not None:
             skipped["cannot_overfit_batch"] = why
