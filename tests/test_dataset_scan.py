@@ -142,3 +142,30 @@ def test_dirty_reads_tensors_arrays_and_floats(sample, expected):
 def test_a_bad_scan_seconds_is_refused():
     with pytest.raises(nanscope.UsageError, match="scan_seconds"):
         nanscope.watch(nn.Linear(2, 2), None, scan_seconds=-1)
+
+
+class Worker(Readings):
+    """Reports which process read each sample (a worker of the scan, not the main process)."""
+
+    def __getitem__(self, i):
+        info = torch.utils.data.get_worker_info()
+        if info is None:
+            raise RuntimeError("read in the main process")
+        return super().__getitem__(i)
+
+
+def test_with_workers_the_scan_reads_in_worker_processes_and_finds_the_same():
+    np.random.seed(5)
+    torch.manual_seed(5)
+    expected = (torch.rand(3), np.random.rand())
+    np.random.seed(5)
+    torch.manual_seed(5)
+    scan = scan_dataset(Worker(), progress=False, workers=2)
+    assert scan is not None and scan.failed == 0 and scan.scanned == 256
+    assert scan.dirty == scan_dataset(Readings(), progress=False).dirty == (3, 40, 77, 118, 201)
+    assert torch.equal(torch.rand(3), expected[0]) and np.random.rand() == expected[1]
+    flaky = scan_dataset(Worker(), progress=False, workers=0)  # (the same dataset read in this process fails)
+    assert flaky is not None and flaky.failed == 256
+    loader = DataLoader(Worker(), batch_size=16, num_workers=2)  # nanscope.check reads as the loader does
+    found = {f.code: f for f in nanscope.check(nn.Linear(6, 1), loader).findings}
+    assert found["nonfinite_samples"].samples == (3, 40, 77, 118, 201)

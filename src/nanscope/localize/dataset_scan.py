@@ -46,6 +46,32 @@ def dirty(sample: Any, _depth: int = 0) -> bool:
     return any(dirty(t) for _, t in iter_tensors(sample))  # dataclasses
 
 
+class _Verdicts(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """``dataset[i]`` read and judged where it is read (a worker process): only ``(dirty, failed)`` travels."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[bool, bool]:
+        try:
+            return dirty(self.dataset[i]), False
+        except Exception:  # a broken sample is a finding of its own, not nanscope's failure
+            return False, True
+
+
+def _verdicts(dataset: Any, total: int, workers: int) -> Iterator[tuple[bool, bool]]:
+    if workers <= 0:
+        judge = _Verdicts(dataset)
+        return (judge[i] for i in range(total))
+    loader = torch.utils.data.DataLoader(
+        _Verdicts(dataset), batch_size=None, num_workers=workers, collate_fn=lambda v: v
+    )
+    return iter(loader)
+
+
 def scan_dataset(
     dataset: Any,
     *,
@@ -53,10 +79,13 @@ def scan_dataset(
     seconds: float = 30.0,
     progress: bool | None = None,
     clock: Callable[[], float] = time.monotonic,
+    workers: int = 0,
 ) -> DatasetScan | None:
     """Read ``dataset[i]`` for every index (in order) for at most ``seconds``; ``known`` dirty indices are
     reported whether or not the scan reached them. None when the dataset has no length or no
-    ``__getitem__`` (an ``IterableDataset``). ``progress=None`` shows a bar when stderr is a terminal."""
+    ``__getitem__`` (an ``IterableDataset``). ``progress=None`` shows a bar when stderr is a terminal.
+    ``workers`` > 0 reads in that many worker processes (as the training DataLoader does), each judging its
+    samples where it reads them."""
     try:
         total = len(dataset)
     except TypeError:
@@ -69,18 +98,18 @@ def scan_dataset(
     rng = RngState.capture(numpy=True)
     try:
         with _bar(total, progress) as advance:
+            verdicts = _verdicts(dataset, total, workers) if seconds > 0 else iter(())
             for i in range(total):
-                if clock() - start > seconds:
+                verdict = next(verdicts, None) if clock() - start <= seconds else None
+                if verdict is None:
                     break
-                try:
-                    sample = dataset[i]
-                except Exception:  # a broken sample is a finding of its own, not nanscope's failure
-                    failed += 1
-                else:
-                    if dirty(sample):
-                        found.add(i)
+                bad, broken = verdict
+                failed += broken
+                if bad:
+                    found.add(i)
                 scanned += 1
                 advance()
+            del verdicts  # a DataLoader's workers shut down
     finally:
         rng.restore()
     return DatasetScan(

@@ -35,8 +35,8 @@ __all__ = [
 ]
 
 
-def nonfinite_samples(dataset: Any, seconds: float = 60.0) -> list[Finding]:
-    scan = scan_dataset(dataset, seconds=seconds)
+def nonfinite_samples(dataset: Any, seconds: float = 60.0, workers: int = 0) -> list[Finding]:
+    scan = scan_dataset(dataset, seconds=seconds, workers=workers)
     if scan is None or not scan.dirty:
         return []
     coverage = {"scanned": scan.scanned, "total": scan.total, "seconds": scan.seconds, "failed": scan.failed}

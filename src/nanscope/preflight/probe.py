@@ -70,6 +70,7 @@ class Probe:
         self.optimizers: list[torch.optim.Optimizer] = []
         self.models: list[nn.Module] = []
         self.datasets: list[Any] = []  # every DataLoader's dataset, first seen first
+        self.workers: dict[int, int] = {}  # id(dataset) -> its DataLoader's worker processes
         self.schedulers: list[
             tuple[Any, dict[str, Any], list[dict[str, Any]]]
         ] = []  # with their state at step 0
@@ -101,6 +102,7 @@ class Probe:
     def batch_drawn(self, batch: Any, indices: Any, source: str, dataset: Any, loader: Any) -> None:
         if dataset is not None and all(dataset is not d for d in self.datasets):
             self.datasets.append(dataset)
+            self.workers[id(dataset)] = int(getattr(loader, "_num_workers", 0) or 0)
         if self._first_batch is MISSING and dataset is not None:
             self._first_batch, self._first_dataset = _clone(batch), weakref.ref(dataset)
 

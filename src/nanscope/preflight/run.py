@@ -53,7 +53,8 @@ def check(
         if not found:
             checked.append(code)
 
-    run("nonfinite_samples", checks.nonfinite_samples(dataset, scan_seconds))
+    workers = int(getattr(data, "num_workers", 0) or 0)  # a DataLoader's: the scan reads as training does
+    run("nonfinite_samples", checks.nonfinite_samples(dataset, scan_seconds, workers))
     scale, flat = checks.input_scale(dataset)
     run("unnormalized_inputs", scale)
     run("constant_features", flat)
@@ -99,7 +100,10 @@ def probed(
     if not probe.datasets:
         not_checked["data"] = "the script drew no batch from a DataLoader before it stopped"
     for dataset in probe.datasets:
-        run("nonfinite_samples", checks.nonfinite_samples(dataset, scan_seconds))
+        run(
+            "nonfinite_samples",
+            checks.nonfinite_samples(dataset, scan_seconds, probe.workers.get(id(dataset), 0)),
+        )
         scale, flat = checks.input_scale(dataset)
         run("unnormalized_inputs", scale)
         run("constant_features", flat)
