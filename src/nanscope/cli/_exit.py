@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 __all__ = [
     "EXIT_FAILED",
     "EXIT_FINDINGS",
@@ -24,3 +27,11 @@ EPILOG = (
     "a recovering policy gave up), 4 nanscope check found an error, otherwise the script's own exit code (1 "
     "when it raised, 130 on Ctrl-C)"
 )
+
+
+def usage_error(parser: Any, command: str, message: str) -> int:
+    """Print ``parser``'s usage line and ``nanscope COMMAND: error: MESSAGE``, as argparse does; exit code 2."""
+    if parser is not None:
+        parser.print_usage(sys.stderr)
+    print(f"nanscope {command}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE

@@ -8,9 +8,11 @@ import importlib.util
 import os
 import runpy
 import sys
+import traceback
 from pathlib import Path
+from typing import Any
 
-__all__ = ["launcher", "resolve", "run_target"]
+__all__ = ["add_target", "launcher", "probe_target", "resolve", "run_target"]
 
 _LAUNCHERS = {"torchrun", "accelerate", "deepspeed", "torch.distributed.run", "torch.distributed.launch"}
 
@@ -70,3 +72,37 @@ def run_target(args: argparse.Namespace) -> None:
         sys.argv = saved_argv
         if saved_path0 is not None:
             sys.path[0] = saved_path0
+
+
+def add_target(parser: argparse.ArgumentParser) -> None:
+    """The script (or module), its own arguments after it, and ``-m``; ``parser`` kept for usage errors."""
+    parser.add_argument(
+        "-m", "--module", action="store_true", help="TARGET is a module, run as python -m does"
+    )
+    parser.add_argument(
+        "target", nargs="?", metavar="TARGET", help="the training script (or module, with -m)"
+    )
+    parser.add_argument(
+        "args", nargs=argparse.REMAINDER, help="the script's own arguments, passed as they are"
+    )
+    parser.set_defaults(parser=parser)
+
+
+def probe_target(args: argparse.Namespace, listener: Any, done: type[BaseException]) -> None:
+    """Run the resolved script with ``listener`` on the global patches until it raises ``done`` (the probe has
+    what it needs) or ends. The script's own exception is printed, not raised: the probe reports what it
+    learned before it. The listener's ``close()`` removes its hooks."""
+    from nanscope.watching import patches
+
+    patches.activate(listener)
+    try:
+        run_target(args)
+    except (done, SystemExit):
+        pass
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    finally:
+        patches.deactivate(listener)
+        listener.close()

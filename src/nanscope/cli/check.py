@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 from typing import Any
 
-from nanscope.cli._exit import EXIT_FAILED, EXIT_FINDINGS, EXIT_OK, EXIT_USAGE
-from nanscope.cli._script import launcher, resolve, run_target
+from nanscope.cli._exit import EXIT_FAILED, EXIT_FINDINGS, EXIT_OK, usage_error
+from nanscope.cli._script import add_target, launcher, probe_target, resolve
 from nanscope.errors import UsageError
 
 __all__ = ["add_parser", "execute"]
@@ -29,8 +28,8 @@ _EXAMPLES = """examples:
   nanscope check --steps 40 train.py                  a longer one-batch overfit
   nanscope check solver.prototxt                      a Caffe solver (lr_policy) or net (Pooling strides)
 
-exit codes: 0 no finding is an error, 4 a finding is an error, 2 usage error, 1 the script raised before
-its first optimizer step (its traceback is printed; the checks that need no step still run)
+exit codes: 0 no finding is an error, 4 a finding is an error, 2 usage error, 1 the script made no optimizer
+step (it raised: its traceback is printed; or it ended) and nothing found is an error (the data checks still run)
 """
 
 
@@ -69,26 +68,15 @@ def add_parser(sub: Any, name: str) -> None:
         "--ignore-index", type=int, default=-100, metavar="I", help="class target that is ignored (-100)"
     )
     parser.add_argument("--quiet", action="store_true", help="print no report on stderr")
-    parser.add_argument(
-        "-m", "--module", action="store_true", help="TARGET is a module, run as python -m does"
-    )
-    parser.add_argument(
-        "target", nargs="?", metavar="TARGET", help="the training script (or module, with -m)"
-    )
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="the script's own arguments")
-    parser.set_defaults(parser=parser)
+    add_target(parser)
 
 
 def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
     from nanscope.preflight.probe import Probe, ProbeDone
     from nanscope.preflight.run import probed
-    from nanscope.watching import patches
 
     def usage(message: str) -> int:
-        if parser is not None:
-            parser.print_usage(sys.stderr)
-        print(f"nanscope check: error: {message}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(parser, "check", message)
 
     if args.steps < 6:
         return usage(
@@ -110,22 +98,7 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
     if problem is not None:
         return usage(problem.replace("…", "nanscope check"))
     probe = Probe(args.steps)
-    raised: BaseException | None = None
-    patches.activate(probe)
-    try:
-        run_target(args)
-    except ProbeDone:
-        pass
-    except SystemExit:
-        pass  # the script ended by itself before the probe had all its steps
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:  # the script's own failure: shown, and the checks still run
-        raised = exc
-        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-    finally:
-        patches.deactivate(probe)
-        probe.close()
+    probe_target(args, probe, ProbeDone)
     try:
         report = probed(
             probe,
@@ -136,7 +109,7 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
     except UsageError as exc:
         return usage(str(exc))
     code = _finish(report, args)
-    return EXIT_FAILED if code == EXIT_OK and raised is not None and probe.updates == 0 else code
+    return EXIT_FAILED if code == EXIT_OK and probe.updates == 0 else code
 
 
 def _finish(report: Any, args: argparse.Namespace) -> int:

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 from typing import Any
 
-from nanscope.cli._exit import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from nanscope.cli._script import launcher, resolve, run_target
+from nanscope.cli._exit import EXIT_FAILED, EXIT_OK, usage_error
+from nanscope.cli._script import add_target, launcher, probe_target, resolve
 from nanscope.errors import UsageError
 
 __all__ = ["add_parser", "execute"]
@@ -46,26 +45,15 @@ def add_parser(sub: Any, name: str) -> None:
         "--steps", type=int, default=100, metavar="N", help="optimizer steps of the sweep (100)"
     )
     parser.add_argument("--quiet", action="store_true", help="print nothing on stderr but errors")
-    parser.add_argument(
-        "-m", "--module", action="store_true", help="TARGET is a module, run as python -m does"
-    )
-    parser.add_argument(
-        "target", nargs="?", metavar="TARGET", help="the training script (or module, with -m)"
-    )
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="the script's own arguments")
-    parser.set_defaults(parser=parser)
+    add_target(parser)
 
 
 def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
     from nanscope._atomic import atomic_write_text
     from nanscope.preflight.lr_find import ProbeEnd, Sweep, SweepProbe
-    from nanscope.watching import patches
 
     def usage(message: str) -> int:
-        if parser is not None:
-            parser.print_usage(sys.stderr)
-        print(f"nanscope lr-find: error: {message}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(parser, "lr-find", message)
 
     try:
         sweep = Sweep(args.start, args.end, args.steps)
@@ -76,21 +64,7 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
     problem = resolve(args)
     if problem is not None:
         return usage(problem.replace("…", "nanscope lr-find"))
-    probe = SweepProbe(sweep)
-    patches.activate(probe)
-    try:
-        run_target(args)
-    except ProbeEnd:
-        pass
-    except SystemExit:
-        pass  # the script ended before the sweep did: what was swept is reported
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:
-        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-    finally:
-        patches.deactivate(probe)
-        probe.close()
+    probe_target(args, SweepProbe(sweep), ProbeEnd)
     if not sweep.points:
         print(
             "nanscope lr-find: the script made no optimizer step with a scalar loss: nothing was swept",

@@ -19,8 +19,8 @@ from types import TracebackType
 from typing import Any
 
 from nanscope._rank import distributed_rank
-from nanscope.cli._exit import EPILOG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NONFINITE, EXIT_USAGE
-from nanscope.cli._script import launcher, resolve, run_target
+from nanscope.cli._exit import EPILOG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NONFINITE, usage_error
+from nanscope.cli._script import add_target, launcher, resolve, run_target
 from nanscope.errors import NonFiniteError, UsageError
 from nanscope.recover.policy import HANDLERS, MEASURES
 
@@ -81,19 +81,7 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--no-data", action="store_true", help="do not map DataLoader batches to dataset indices"
     )
     parser.add_argument("--quiet", action="store_true", help="print no report on stderr")
-    parser.add_argument(
-        "-m",
-        "--module",
-        action="store_true",
-        help="TARGET is a module, run as python -m does (torchrun's -m)",
-    )
-    parser.add_argument(
-        "target", nargs="?", metavar="TARGET", help="the training script (or module, with -m)"
-    )
-    parser.add_argument(
-        "args", nargs=argparse.REMAINDER, help="the script's own arguments, passed as they are"
-    )
-    parser.set_defaults(parser=parser)
+    add_target(parser)
     return parser
 
 
@@ -138,14 +126,9 @@ def _script_frames(tb: TracebackType | None, target: str | None) -> TracebackTyp
 
 def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
     from nanscope.cli import relaunch
-    from nanscope.report.json import write
-    from nanscope.report.text import print_report
 
     def usage(message: str) -> int:
-        if parser is not None:
-            parser.print_usage(sys.stderr)
-        print(f"nanscope run: error: {message}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(parser, "run", message)
 
     if args.target:
         where = launcher(args.target, args.module)
@@ -203,12 +186,25 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
     if watcher.stopped:
         code = EXIT_NONFINITE
     rank, world = report.environment.get("rank", 0), report.environment.get("world_size", 1)
-    if world > 1 and watcher.stopped:
+    together = world > 1 and watcher.stopped
+    if together:
         _leave_together(report, rank)
-    if rank != 0:  # global rank 0 writes the run's files and prints the report; the others a line each
+    _publish(report, args, rank)
+    if together:
+        _exit_process(code)
+    return code
+
+
+def _publish(report: Any, args: argparse.Namespace, rank: int) -> None:
+    """Global rank 0 writes the run's files and prints the report; the other ranks a line each."""
+    from nanscope.cli import relaunch
+    from nanscope.report.json import write
+    from nanscope.report.text import print_report
+
+    if rank != 0:
         if not args.quiet:
             print(relaunch.rank_line(report), file=sys.stderr)
-        return code
+        return
     if args.json:
         write(report, args.json)
     if args.html:
@@ -232,7 +228,19 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
         hint = _check_hint(report, args)
         if hint:
             print(hint, file=sys.stderr)
-    return code
+
+
+def _exit_process(code: int) -> None:
+    """After an agreed distributed stop: the script's atexit handlers run, then the process exits without the
+    interpreter's teardown, where process-group threads of a stopped run can abort it ("terminate called
+    without an active exception", 1 run in 20 under load), as Lightning's ranks after an agreed stop do."""
+    import atexit
+
+    with contextlib.suppress(Exception):
+        atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _check_hint(report: Any, args: argparse.Namespace) -> str | None:

@@ -7,8 +7,8 @@
 constant feature then divides 0 by 0). ``lr_schedule_nonfinite``: the LR scheduler, dry-run over the run's
 planned length and put back as it was, produces a NaN/Inf or negative learning rate.
 ``unnormalized_inputs`` / ``constant_features``: per-feature statistics of the inputs of up to 1,000 samples
-(mean beyond +/-10 or std above 100: warning; a feature with std 0: info). ``initial_loss``: a classifier's
-loss on its first batch at initialization above 3 log(C).
+(mean beyond +/-10 or std above 100: warning; a feature with std 0: info). The model-side codes are in
+:mod:`nanscope.preflight.model_checks`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from nanscope.preflight.report import Finding
 
 __all__ = [
     "eps_zero",
-    "initial_loss",
     "input_scale",
     "label_out_of_range",
     "lr_schedule_nonfinite",
@@ -274,35 +273,3 @@ def input_scale(dataset: Any, limit: int = 1000) -> tuple[list[Finding], list[Fi
             )
         )
     return scale, flat
-
-
-def initial_loss(model: nn.Module, batch: Any, loss_fn: Any, num_outputs: int) -> list[Finding]:
-    """A classifier's loss on one batch at initialization against log(C) (the loss of uniform guessing)."""
-    if num_outputs < 2 or not isinstance(batch, (tuple, list)) or len(batch) < 2:
-        return []
-    training, state = model.training, torch.get_rng_state()
-    try:
-        model.eval()
-        with torch.no_grad():
-            loss = float(loss_fn(model(batch[0]), batch[1]))
-    except Exception:
-        return []
-    finally:
-        model.train(training)
-        torch.set_rng_state(state)
-    expected = math.log(num_outputs)
-    if math.isfinite(loss) and loss <= 3 * expected:
-        return []
-    return [
-        Finding(
-            "initial_loss",
-            "warning",
-            f"{type(model).__name__} at initialization",
-            f"the first batch's loss is {loss:.4g}, against log({num_outputs}) = {expected:.3g} for uniform "
-            "guessing: the initial logits are far too large (initialization scale, unnormalized inputs, or a "
-            "final layer that amplifies)",
-            "Initialize the last layer small (e.g. its weight times 0.01, bias 0), normalize the inputs, and "
-            "check that the loss takes logits (not probabilities).",
-            evidence={"loss": loss, "log_classes": expected},
-        )
-    ]

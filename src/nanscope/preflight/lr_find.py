@@ -29,7 +29,7 @@ from torch import nn
 
 from nanscope.errors import UsageError
 from nanscope.localize.replay import RngState
-from nanscope.watching.events import MISSING
+from nanscope.watching.events import MISSING, IgnoreEvents
 from nanscope.watching.hooks import Hooks
 
 __all__ = ["SCHEMA", "LRFindResult", "Sweep", "SweepProbe", "lr_find"]
@@ -199,7 +199,7 @@ class ProbeEnd(BaseException):
     """Ends the probed script once the sweep is over."""
 
 
-class SweepProbe:
+class SweepProbe(IgnoreEvents):
     """The :class:`~nanscope.watching.events.Events` listener of ``nanscope lr-find script.py``: before each
     update of the script's first optimizer the LR of every param group is set to the sweep's (ratios kept; the
     script's own scheduler is overridden), the loss handed to ``backward()`` is recorded, and the script is
@@ -236,33 +236,6 @@ class SweepProbe:
         if self._loss is not None and self.sweep.record(lr, self._loss):
             raise ProbeEnd
         self._i += 1
-
-    def batch_drawn(self, batch: Any, indices: Any, source: str, dataset: Any, loader: Any) -> None:
-        pass
-
-    def batch_to_replay(self, dataset: Any) -> Any:
-        return MISSING
-
-    def excluded_indices(self, dataset: Any) -> frozenset[int]:
-        return frozenset()
-
-    def forward_started(self, module: nn.Module, args: Any, kwargs: Any) -> None:
-        pass
-
-    def forward_ended(self, module: nn.Module, output: Any) -> None:
-        pass
-
-    def backward_ended(self, tensors: Any) -> None:
-        pass
-
-    def clipped(self, kind: str, limit: float) -> None:
-        pass
-
-    def after_update(self, optimizer: torch.optim.Optimizer) -> None:
-        pass
-
-    def update_skipped(self, optimizer: torch.optim.Optimizer) -> None:
-        pass
 
     def close(self) -> None:
         self._hooks.remove()

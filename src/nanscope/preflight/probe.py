@@ -28,7 +28,7 @@ from nanscope.preflight.recorder import Recorder
 from nanscope.preflight.trial import reference_optimizer
 from nanscope.recover.actions import discard_update, find_schedulers_and_scalers
 from nanscope.watching.discovery import find_roots, graph_parameters
-from nanscope.watching.events import MISSING
+from nanscope.watching.events import MISSING, IgnoreEvents
 from nanscope.watching.hooks import Hooks
 
 __all__ = ["Probe", "ProbeDone"]
@@ -62,7 +62,7 @@ def _copy_map(batch: Any) -> Any:
     return out
 
 
-class Probe:
+class Probe(IgnoreEvents):
     """The :class:`~nanscope.watching.events.Events` listener of ``nanscope check`` (see the module doc)."""
 
     def __init__(self, steps: int) -> None:
@@ -113,15 +113,7 @@ class Probe:
             return _clone(self._first_batch)
         return MISSING
 
-    def excluded_indices(self, dataset: Any) -> frozenset[int]:
-        return frozenset()
-
     # ------------------------------------------------------------------ the iteration
-    def forward_started(self, module: nn.Module, args: Any, kwargs: Any) -> None:
-        pass
-
-    def forward_ended(self, module: nn.Module, output: Any) -> None:
-        pass
 
     def backward_started(self, tensors: Any) -> None:
         if not self.models:  # a loop without an optimizer object: the parameters behind the loss
@@ -135,9 +127,6 @@ class Probe:
     def backward_ended(self, tensors: Any) -> None:
         if self.updates == 0 and self.recorder is not None:
             self.recorder.gradients()
-
-    def clipped(self, kind: str, limit: float) -> None:
-        pass
 
     def before_update(self, optimizer: torch.optim.Optimizer) -> None:
         params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -186,9 +175,6 @@ class Probe:
             raise ProbeDone
         if self.updates > self.steps:
             raise ProbeDone
-
-    def update_skipped(self, optimizer: torch.optim.Optimizer) -> None:
-        pass
 
     def close(self) -> None:
         self._hooks.remove()

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-__all__ = ["Events", "MISSING"]
+__all__ = ["Events", "IgnoreEvents", "MISSING"]
 
 #: ``batch_to_replay`` returns this when there is nothing to hand out again.
 MISSING: Any = object()
@@ -60,3 +60,44 @@ class Events(Protocol):
     def after_update(self, optimizer: torch.optim.Optimizer) -> None: ...
 
     def update_skipped(self, optimizer: torch.optim.Optimizer) -> None: ...
+
+
+class IgnoreEvents:
+    """A listener that ignores every event: listeners that need a few (``nanscope check``'s probe, the LR
+    sweep) override those."""
+
+    def optimizer_created(self, optimizer: torch.optim.Optimizer) -> None:
+        pass
+
+    def batch_drawn(self, batch: Any, indices: Any, source: str, dataset: Any, loader: Any) -> None:
+        pass
+
+    def batch_to_replay(self, dataset: Any) -> Any:
+        return MISSING
+
+    def excluded_indices(self, dataset: Any) -> frozenset[int]:
+        return frozenset()
+
+    def forward_started(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        pass
+
+    def forward_ended(self, module: nn.Module, output: Any) -> None:
+        pass
+
+    def backward_started(self, tensors: Any) -> None:
+        pass
+
+    def backward_ended(self, tensors: Any) -> None:
+        pass
+
+    def clipped(self, kind: str, limit: float) -> None:
+        pass
+
+    def before_update(self, optimizer: torch.optim.Optimizer) -> None:
+        pass
+
+    def after_update(self, optimizer: torch.optim.Optimizer) -> None:
+        pass
+
+    def update_skipped(self, optimizer: torch.optim.Optimizer) -> None:
+        pass
