@@ -28,6 +28,7 @@ test: lint
 
 bench: setup
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/hot_path.py --out docs/performance-hot-path.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache nanscope-report.json

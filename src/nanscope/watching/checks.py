@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import torch
@@ -103,13 +105,16 @@ class StepChecks:
     ) -> None:
         """The gradients of ``params`` as they are now (``key`` names the probe plan)."""
         self.reader.poll()
-        with_grad = [p for p in params if p.grad is not None]
+        grads = [p.grad for p in params]
+        with_grad = params
+        if any(map(operator.is_, grads, repeat(None))):  # (C-level; parameters without a gradient are rare)
+            with_grad = [p for p in params if p.grad is not None]
+            grads = [p.grad for p in with_grad]
         if watched is not None:
             watched.readings = []
         if not with_grad:
             return
-        grads: list[torch.Tensor] = [p.grad for p in with_grad]  # type: ignore[misc]
-        readings = self._prober.probe(key, with_grad, grads, squares=True)
+        readings = self._prober.probe(key, with_grad, grads, squares=True)  # type: ignore[arg-type]
         if watched is not None:
             watched.readings = readings
         it.pending += 1

@@ -163,7 +163,7 @@ class Engine:
             self.track(opt)
 
     def batch_drawn(self, batch: Any, indices: Any, source: str, dataset: Any, loader: Any) -> None:
-        if self.triage.replaying or not self._track_data:
+        if self.triage.reruns.replaying or not self._track_data:
             return
         refeed = self.verdicts.refeed
         if refeed is not None and refeed.stage is Stage.HANDED_OUT and batch is refeed.batch:
@@ -197,7 +197,7 @@ class Engine:
 
     # ------------------------------------------------------------------ events: forward and backward
     def forward_started(self, module: nn.Module, args: Any, kwargs: Any) -> None:
-        if not torch.is_grad_enabled() or self.triage.replaying:
+        if not torch.is_grad_enabled() or self.triage.reruns.replaying:
             return
         it = self.log.current
         if it.in_micro_batch:
@@ -255,7 +255,7 @@ class Engine:
             self.checks.output(it, output)
 
     def backward_started(self, tensors: Any) -> None:
-        if self.triage.replaying or self.verdicts.refeed is not None:
+        if self.triage.reruns.replaying or self.verdicts.refeed is not None:
             return
         it = self.log.current
         if not self.watched and not self.naming.models and self._discover:
@@ -269,7 +269,7 @@ class Engine:
         self.checks.loss(it, tensors)
 
     def backward_ended(self, tensors: Any) -> None:
-        if self.triage.replaying:
+        if self.triage.reruns.replaying:
             return
         it = self.log.current
         it.in_micro_batch = False

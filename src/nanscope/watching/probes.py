@@ -25,6 +25,7 @@ tensors.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -54,7 +55,8 @@ class Reading:
 
     def sum_of_squares(self, values: list[float]) -> float:
         """The sum of the squares of the probed tensors' elements, from a gradient reading's host values."""
-        head = math.fsum(v * v for v in values[: self.norms])
+        norms = values[: self.norms]
+        head = math.fsum(map(operator.mul, norms, norms))  # (C-level: no Python call per tensor)
         return head + (math.fsum(values[self.norms :]) if self.squares else 0.0)
 
     def suspects(self, values: list[float]) -> list[int]:
@@ -142,8 +144,15 @@ class Plan:
             )
         return Plan(tuple(plans), sharded)
 
-    @torch.no_grad()
     def probe(self, tensors: Sequence[torch.Tensor], squares: bool) -> list[Reading]:
+        grad = torch.is_grad_enabled()  # (the two C calls of a no_grad() block, without its context objects)
+        torch._C._set_grad_enabled(False)
+        try:
+            return self._probe(tensors, squares)
+        finally:
+            torch._C._set_grad_enabled(grad)
+
+    def _probe(self, tensors: Sequence[torch.Tensor], squares: bool) -> list[Reading]:
         readings = []
         for plan in self.devices:
             values: list[torch.Tensor] = []

@@ -1,0 +1,196 @@
+"""What nanscope itself does per step on the always-on path: time, CPU time, torch ops and Python calls.
+
+Only the work inside nanscope's entry points is counted (the methods through which torch calls into it:
+``harness._ENTRY_POINTS``), so the machine's noise does not blur it: wall time (``perf_counter``) and CPU time
+(``thread_time``) inside the hooks, the aten ops issued there (a counting ``TorchDispatchMode`` pushed for the
+duration of each entry) and, in a separate pass, the Python-level calls made there (``sys.setprofile``
+``call`` and ``c_call`` events). ``python bench/hot_path.py`` prints one row per workload: the four CPU benchmark workloads, the 1e5 /
+1e6-parameter scaling rows and 10 / 100 / 1000 parameter tensors at 1e6 parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import harness
+import torch
+import workloads
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+class _Ops(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@dataclass
+class _Counts:
+    wall: float = 0.0
+    cpu: float = 0.0
+    ops: int = 0
+    calls: int = 0
+
+
+@contextlib.contextmanager
+def _counted(counts: _Counts, profile: str | None) -> Iterator[None]:
+    """``profile``: None (time only), ``"ops"`` (the dispatch mode) or ``"calls"`` (the profile hook), one
+    at a time so that neither counts the other's work."""
+    originals = [(o, n, getattr(o, n)) for o, names in harness._ENTRY_POINTS for n in names]
+    depth = [0]
+
+    def wrap(method: Callable[..., object]) -> Callable[..., object]:
+        def run(self: object, *args: object, **kwargs: object) -> object:
+            if depth[0]:
+                return method(self, *args, **kwargs)
+            depth[0] += 1
+            calls = [0]
+
+            def tracer(frame, event, arg):  # type: ignore[no-untyped-def]
+                if event in ("call", "c_call"):
+                    calls[0] += 1
+
+            ops = _Ops()
+            start, cpu = time.perf_counter(), time.thread_time()
+            if profile == "calls":
+                sys.setprofile(tracer)
+            try:
+                with ops if profile == "ops" else contextlib.nullcontext():
+                    return method(self, *args, **kwargs)
+            finally:
+                if profile == "calls":
+                    sys.setprofile(None)
+                counts.wall += time.perf_counter() - start
+                counts.cpu += time.thread_time() - cpu
+                counts.ops += ops.count
+                counts.calls += calls[0]
+                depth[0] -= 1
+
+        return run
+
+    try:
+        for owner, name, method in originals:
+            setattr(owner, name, wrap(method))
+        yield
+    finally:
+        for owner, name, method in originals:
+            setattr(owner, name, method)
+
+
+@dataclass(frozen=True)
+class Row:
+    workload: str
+    tensors: int
+    parameters: int
+    bare_ms: float  # median bare step
+    wall_us: float  # in nanscope, per step (median of blocks, timed without the profiler)
+    cpu_us: float
+    ops: float  # per step (profiled blocks)
+    calls: float
+
+    @property
+    def share(self) -> float:
+        return self.wall_us / 1e3 / self.bare_ms
+
+
+def measure(workload: workloads.Workload, steps: int = 20, warmup: int = 3, repeats: int = 5) -> Row:
+    walls, cpus = [], []
+    bare = harness.time_block(workload, harness.CONFIGS["bare"], steps, warmup)
+    bares = [bare]
+    for _ in range(repeats):
+        counts = _Counts()
+        with _counted(counts, profile=None):
+            batches = workload.batches()
+            with harness.CONFIGS["nanscope watch"](workload):
+                for _ in range(warmup):
+                    workload.step(next(batches))
+                counts.wall = counts.cpu = 0.0
+                for _ in range(steps):
+                    workload.step(next(batches))
+                walls.append(counts.wall / steps)
+                cpus.append(counts.cpu / steps)
+        bares.append(harness.time_block(workload, harness.CONFIGS["bare"], steps, warmup))
+    ops, calls = counts(workload, steps, warmup)
+    return Row(
+        workload.name,
+        workload.tensors,
+        workload.parameters,
+        statistics.median(bares) * 1e3,
+        statistics.median(walls) * 1e6,
+        statistics.median(cpus) * 1e6,
+        ops,
+        calls,
+    )
+
+
+def counts(workload: workloads.Workload, steps: int = 20, warmup: int = 3) -> tuple[float, float]:
+    """``(torch ops, Python calls)`` per step inside nanscope: deterministic, whatever the machine's load."""
+    per_step = {}
+    for kind in ("ops", "calls"):
+        found = _Counts()
+        with _counted(found, profile=kind):
+            batches = workload.batches()
+            with harness.CONFIGS["nanscope watch"](workload):
+                for _ in range(warmup):
+                    workload.step(next(batches))
+                found.ops = found.calls = 0
+                for _ in range(steps):
+                    workload.step(next(batches))
+                per_step[kind] = (found.ops if kind == "ops" else found.calls) / steps
+    return per_step["ops"], per_step["calls"]
+
+
+def rows() -> list[Row]:
+    cpu = torch.device("cpu")
+    out = [measure(build(cpu)) for build in workloads.STANDARD.values()]
+    out += [measure(workloads.scaled_mlp(cpu, p)) for p in (1e5, 1e6)]
+    out += [measure(workloads.split_mlp(cpu, n)) for n in (10, 100, 1000)]
+    return out
+
+
+def main() -> None:
+    import argparse
+    import platform
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--out", help="write the table (with the machine and this script's doc) to this file")
+    args = parser.parse_args()
+    lines = [
+        "| workload | tensors | params | bare step (ms) | in nanscope (us/step) | share | CPU in nanscope (us/step) "
+        "| torch ops/step | Python calls/step |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    print("\n".join(lines))
+    for r in rows():
+        lines.append(
+            f"| {r.workload} | {r.tensors} | {r.parameters:.2g} | {r.bare_ms:.2f} | {r.wall_us:.0f} | "
+            f"{r.share * 100:.2f} % | {r.cpu_us:.0f} | {r.ops:.1f} | {r.calls:.0f} |"
+        )
+        print(lines[-1])
+        sys.stdout.flush()
+    if args.out:
+        doc = (__doc__ or "").split("\n\n")[0].replace("\n", " ")
+        head = [
+            "# Performance: the always-on path, counted",
+            "",
+            f"Generated by `python bench/hot_path.py --out {args.out}` (`make bench`). {doc}",
+            "",
+            f"- Python {platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} torch "
+            f"threads, {platform.platform()}",
+            "",
+        ]
+        with open(args.out, "w") as f:
+            f.write("\n".join(head + lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
