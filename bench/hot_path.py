@@ -49,33 +49,47 @@ def _counted(counts: _Counts, profile: str | None) -> Iterator[None]:
     depth = [0]
 
     def wrap(method: Callable[..., object]) -> Callable[..., object]:
-        def run(self: object, *args: object, **kwargs: object) -> object:
+        def timed(self: object, *args: object, **kwargs: object) -> object:
             if depth[0]:
                 return method(self, *args, **kwargs)
             depth[0] += 1
-            calls = [0]
+            start, cpu = time.perf_counter(), time.thread_time()
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                counts.wall += time.perf_counter() - start
+                counts.cpu += time.thread_time() - cpu
+                depth[0] -= 1
+
+        def ops(self: object, *args: object, **kwargs: object) -> object:
+            if depth[0]:
+                return method(self, *args, **kwargs)
+            depth[0] += 1
+            mode = _Ops()
+            try:
+                with mode:
+                    return method(self, *args, **kwargs)
+            finally:
+                counts.ops += mode.count
+                depth[0] -= 1
+
+        def calls(self: object, *args: object, **kwargs: object) -> object:
+            if depth[0]:
+                return method(self, *args, **kwargs)
+            depth[0] += 1
 
             def tracer(frame, event, arg):  # type: ignore[no-untyped-def]
                 if event in ("call", "c_call"):
-                    calls[0] += 1
+                    counts.calls += 1
 
-            ops = _Ops()
-            start, cpu = time.perf_counter(), time.thread_time()
-            if profile == "calls":
-                sys.setprofile(tracer)
+            sys.setprofile(tracer)
             try:
-                with ops if profile == "ops" else contextlib.nullcontext():
-                    return method(self, *args, **kwargs)
+                return method(self, *args, **kwargs)
             finally:
-                if profile == "calls":
-                    sys.setprofile(None)
-                counts.wall += time.perf_counter() - start
-                counts.cpu += time.thread_time() - cpu
-                counts.ops += ops.count
-                counts.calls += calls[0]
+                sys.setprofile(None)
                 depth[0] -= 1
 
-        return run
+        return {None: timed, "ops": ops, "calls": calls}[profile]
 
     try:
         for owner, name, method in originals:
@@ -107,17 +121,17 @@ def measure(workload: workloads.Workload, steps: int = 20, warmup: int = 3, repe
     bare = harness.time_block(workload, harness.CONFIGS["bare"], steps, warmup)
     bares = [bare]
     for _ in range(repeats):
-        counts = _Counts()
-        with _counted(counts, profile=None):
+        timed = _Counts()
+        with _counted(timed, profile=None):
             batches = workload.batches()
             with harness.CONFIGS["nanscope watch"](workload):
                 for _ in range(warmup):
                     workload.step(next(batches))
-                counts.wall = counts.cpu = 0.0
+                timed.wall = timed.cpu = 0.0
                 for _ in range(steps):
                     workload.step(next(batches))
-                walls.append(counts.wall / steps)
-                cpus.append(counts.cpu / steps)
+                walls.append(timed.wall / steps)
+                cpus.append(timed.cpu / steps)
         bares.append(harness.time_block(workload, harness.CONFIGS["bare"], steps, warmup))
     ops, calls = counts(workload, steps, warmup)
     return Row(

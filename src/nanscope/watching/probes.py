@@ -14,7 +14,9 @@ of tensors:
   repeat their layer shapes: four or more alike) are copied into one persistent block per shape and reduced row
   by row with a BLAS matrix-vector product, a fixed number of kernels however many tensors share the shape;
   tensors from 2^16 elements get a BLAS dot product or a plain sum of their own (1.6-3x faster per element
-  than a norm); the rest go through ``_foreach_norm``.
+  than a norm); the rest go through ``_foreach_norm``. A CPU model of at most 32 tensors and 2^18 elements in
+  all goes through ``_foreach_norm`` alone (one kernel per dtype instead of a block, a product and a root per
+  shape: 5 ops per step instead of 19 on the 1e5-parameter MLP).
 
 The grouping (a :class:`Plan`) depends only on the tensors' shapes, dtypes and devices and is cached for the
 parameter list it was made for: gradients have their parameter's layout. The per-tensor values are
@@ -38,6 +40,7 @@ __all__ = ["Plan", "Prober", "Reading"]
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _LARGE = 1 << 16  # elements: from here a BLAS dot or sum per CPU tensor beats _foreach_norm's norm kernel
 _BLOCK = 1 << 24  # elements: the most one shape's persistent block may hold (64 MiB of float32)
+_FEW, _SMALL = 32, 1 << 18  # up to 32 tensors of 2^18 elements in all: one _foreach_norm per dtype
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,10 +124,14 @@ class Plan:
             foreach: dict[torch.dtype, list[int]] = {}
             rows: list[_Rows] = []
             single: list[int] = []
+            count = sum(map(len, by_layout.values()))
+            total = sum(math.prod(shape) * len(p) for (_, shape), p in by_layout.items())
+            # few small tensors: one _foreach_norm per dtype is fewer kernels than blocks and dots
+            few = count <= _FEW and total <= _SMALL
             for (dtype, shape), positions in by_layout.items():
                 numel = math.prod(shape)
                 blas = dtype in (torch.float32, torch.float64)
-                if device.type != "cpu" or not shape or numel == 0 or not blas:
+                if device.type != "cpu" or not shape or numel == 0 or not blas or few:
                     foreach.setdefault(dtype, []).extend(positions)
                 elif numel >= _LARGE:
                     single.extend(positions)

@@ -280,7 +280,9 @@ class Watcher:
 
     def _guard(self, fn: Callable[..., Any], *args: Any, default: Any = None) -> Any:
         """``fn(*args)``, or ``default`` when not watching (closed, broken, replaying) or when it failed."""
-        if self._state is not WatcherState.OPEN or self._engine.triage.reruns.replaying:  # _live(), inlined: hot
+        if (
+            self._state is not WatcherState.OPEN or self._engine.triage.reruns.replaying
+        ):  # _live(), inlined: hot
             return default
         try:
             return fn(*args)
