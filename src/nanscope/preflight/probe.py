@@ -34,6 +34,10 @@ from nanscope.watching.hooks import Hooks
 __all__ = ["Probe", "ProbeDone"]
 
 
+#: an LR scheduler, its ``state_dict()`` and its optimizer's param-group values at the first step
+SchedulerAtStart = tuple[Any, dict[str, Any], list[dict[str, Any]]]
+
+
 class ProbeDone(BaseException):
     """Ends the probed script once the probe has what it needs."""
 
@@ -71,9 +75,7 @@ class Probe(IgnoreEvents):
         self.models: list[nn.Module] = []
         self.datasets: list[Any] = []  # every DataLoader's dataset, first seen first
         self.workers: dict[int, int] = {}  # id(dataset) -> its DataLoader's worker processes
-        self.schedulers: list[
-            tuple[Any, dict[str, Any], list[dict[str, Any]]]
-        ] = []  # with their state at step 0
+        self.schedulers: list[SchedulerAtStart] = []
         self.recorder: Recorder | None = None
         self.overfit_losses: list[float] = []
         self.overfit_skipped: str | None = None
