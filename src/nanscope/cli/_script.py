@@ -25,11 +25,15 @@ def launcher(target: str, module: bool) -> str | None:
     return None
 
 
-def resolve(args: argparse.Namespace) -> str | None:
+def resolve(args: argparse.Namespace, command: str) -> str | None:
     """Check ``args.target`` (with ``args.module``) and set ``args.script`` / ``args.module``; returns a usage
-    error, or None. ``args.path`` is the script's absolute path (None for a module)."""
+    error, or None. ``args.path`` is the script's absolute path (None for a module). ``command``: the
+    subcommand, for the message."""
     if not args.target:
-        return "give a script to run (… train.py [args]) or a module (… -m pkg.mod [args])"
+        return (
+            f"give a script to run (nanscope {command} train.py [args]) or a module (nanscope {command} -m "
+            "pkg.mod [args])"
+        )
     args.script = None if args.module else args.target
     args.module = args.target if args.module else None
     args.path = None
@@ -88,16 +92,17 @@ def add_target(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(parser=parser)
 
 
-def probe_target(args: argparse.Namespace, listener: Any, done: type[BaseException]) -> None:
-    """Run the resolved script with ``listener`` on the global patches until it raises ``done`` (the probe has
-    what it needs) or ends. The script's own exception is printed, not raised: the probe reports what it
+def probe_target(args: argparse.Namespace, listener: Any) -> None:
+    """Run the resolved script with ``listener`` on the global patches until it raises
+    :class:`~nanscope.preflight.probe.ProbeDone` (the probe has what it needs) or ends. The script's own exception is printed, not raised: the probe reports what it
     learned before it. The listener's ``close()`` removes its hooks."""
+    from nanscope.preflight.probe import ProbeDone
     from nanscope.watching import patches
 
     patches.activate(listener)
     try:
         run_target(args)
-    except (done, SystemExit):
+    except (ProbeDone, SystemExit):
         pass
     except KeyboardInterrupt:
         raise

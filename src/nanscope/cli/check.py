@@ -72,7 +72,7 @@ def add_parser(sub: Any, name: str) -> None:
 
 
 def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
-    from nanscope.preflight.probe import Probe, ProbeDone
+    from nanscope.preflight.probe import Probe
     from nanscope.preflight.run import probed
 
     def usage(message: str) -> int:
@@ -94,11 +94,11 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
         return _finish(report, args)
     if args.target and launcher(args.target, args.module):
         return usage("check one process: run `nanscope check train.py` without the launcher")
-    problem = resolve(args)
+    problem = resolve(args, "check")
     if problem is not None:
-        return usage(problem.replace("…", "nanscope check"))
+        return usage(problem)
     probe = Probe(args.steps)
-    probe_target(args, probe, ProbeDone)
+    probe_target(args, probe)
     try:
         report = probed(
             probe,

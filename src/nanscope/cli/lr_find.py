@@ -50,7 +50,7 @@ def add_parser(sub: Any, name: str) -> None:
 
 def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
     from nanscope._atomic import atomic_write_text
-    from nanscope.preflight.lr_find import ProbeEnd, Sweep, SweepProbe
+    from nanscope.preflight.lr_find import Sweep, SweepProbe
 
     def usage(message: str) -> int:
         return usage_error(parser, "lr-find", message)
@@ -61,10 +61,10 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
         return usage(str(exc))
     if args.target and launcher(args.target, args.module):
         return usage("sweep one process: run `nanscope lr-find train.py` without the launcher")
-    problem = resolve(args)
+    problem = resolve(args, "lr-find")
     if problem is not None:
-        return usage(problem.replace("…", "nanscope lr-find"))
-    probe_target(args, SweepProbe(sweep), ProbeEnd)
+        return usage(problem)
+    probe_target(args, SweepProbe(sweep))
     if not sweep.points:
         print(
             "nanscope lr-find: the script made no optimizer step with a scalar loss: nothing was swept",

@@ -139,9 +139,9 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
                 "`torchrun --no-python nanscope run [options] train.py`, or `accelerate launch -m nanscope run "
                 "[options] train.py`"
             )
-    problem = resolve(args)
+    problem = resolve(args, "run")
     if problem is not None:
-        return usage(problem.replace("…", "nanscope run"))
+        return usage(problem)
     target = args.path
     if args.history < 1:
         return usage(f"--history must be >= 1, got {args.history}")

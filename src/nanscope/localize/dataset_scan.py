@@ -95,23 +95,19 @@ def scan_dataset(
     found = set(known)
     scanned = failed = 0
     start = clock()
-    rng = RngState.capture(numpy=True)
-    try:
-        with _bar(total, progress) as advance:
-            verdicts = _verdicts(dataset, total, workers) if seconds > 0 else iter(())
-            for i in range(total):
-                verdict = next(verdicts, None) if clock() - start <= seconds else None
-                if verdict is None:
-                    break
-                bad, broken = verdict
-                failed += broken
-                if bad:
-                    found.add(i)
-                scanned += 1
-                advance()
-            del verdicts  # a DataLoader's workers shut down
-    finally:
-        rng.restore()
+    with RngState.kept(numpy=True), _bar(total, progress) as advance:
+        verdicts = _verdicts(dataset, total, workers) if seconds > 0 else iter(())
+        for i in range(total):
+            verdict = next(verdicts, None) if clock() - start <= seconds else None
+            if verdict is None:
+                break
+            bad, broken = verdict
+            failed += broken
+            if bad:
+                found.add(i)
+            scanned += 1
+            advance()
+        del verdicts  # a DataLoader's workers shut down
     return DatasetScan(
         dataset=type(dataset).__name__,
         total=total,

@@ -7,9 +7,10 @@ is put back afterwards: gradients, buffers (BatchNorm statistics move in forward
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,17 @@ class RngState:
         np = sys.modules.get("numpy") if numpy else None
         numpy_state = np.random.get_state() if np is not None else None
         return cls(torch.get_rng_state(), cuda, random.getstate(), numpy_state)
+
+    @classmethod
+    @contextlib.contextmanager
+    def kept(cls, numpy: bool = False) -> Iterator[None]:
+        """The streams as they are now, put back when the block ends, whatever it raised: code that may draw
+        random numbers (a random transform, a dropout) without moving the run's streams."""
+        state = cls.capture(numpy=numpy)
+        try:
+            yield
+        finally:
+            state.restore()
 
     def restore(self) -> None:
         torch.set_rng_state(self.cpu)

@@ -74,8 +74,7 @@ def label_out_of_range(
     except TypeError:
         return []
     bad: dict[int, int] = {}  # index -> its target
-    rng = RngState.capture(numpy=True)  # random transforms must not move the run's streams
-    try:
+    with RngState.kept(numpy=True):  # random transforms must not move the run's streams
         for i in range(min(total, limit)):
             target = _class_target(dataset[i])
             if target is None:
@@ -84,8 +83,6 @@ def label_out_of_range(
                 continue
             if target != ignore_index and not 0 <= target < num_outputs:
                 bad[i] = target
-    finally:
-        rng.restore()
     if not bad:
         return []
     values = sorted(set(bad.values()))
@@ -214,20 +211,18 @@ def num_outputs(model: nn.Module, inputs: torch.Tensor) -> int | None:
 
 def _inputs(dataset: Any, limit: int) -> torch.Tensor | None:
     """The floating-point inputs of the first ``limit`` samples, stacked (``None`` when they do not stack)."""
-    rng = RngState.capture(numpy=True)
     rows = []
-    try:
-        for i in range(min(len(dataset), limit)):
-            sample = dataset[i]
-            x = sample[0] if isinstance(sample, (tuple, list)) else sample
-            if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-                return None
-            rows.append(x.detach().reshape(-1).double())
-        return torch.stack(rows) if len(rows) >= 2 else None
-    except (TypeError, RuntimeError):
-        return None
-    finally:
-        rng.restore()
+    with RngState.kept(numpy=True):
+        try:
+            for i in range(min(len(dataset), limit)):
+                sample = dataset[i]
+                x = sample[0] if isinstance(sample, (tuple, list)) else sample
+                if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+                    return None
+                rows.append(x.detach().reshape(-1).double())
+            return torch.stack(rows) if len(rows) >= 2 else None
+        except (TypeError, RuntimeError):
+            return None
 
 
 def input_scale(dataset: Any, limit: int = 1000) -> tuple[list[Finding], list[Finding]]:

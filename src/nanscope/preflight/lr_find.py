@@ -29,6 +29,7 @@ from torch import nn
 
 from nanscope.errors import UsageError
 from nanscope.localize.replay import RngState
+from nanscope.preflight.probe import ProbeDone
 from nanscope.watching.events import MISSING, IgnoreEvents
 from nanscope.watching.hooks import Hooks
 
@@ -168,42 +169,37 @@ def lr_find(
     sweep = Sweep(start_lr, end_lr, steps)
     model_state = copy.deepcopy(model.state_dict())
     opt_state = copy.deepcopy(optimizer.state_dict())
-    rng = RngState.capture(numpy=True)
     ratios = _ratios(optimizer)
-    try:
-        batches = itertools.cycle(data) if hasattr(data, "__len__") else iter(data)
-        for i in range(steps):
-            batch = next(batches, MISSING)
-            if batch is MISSING:
-                break
-            x, y = batch[0], batch[1]
-            lr = sweep.lr(i)
-            _set_lr(optimizer, ratios, lr)
+    with RngState.kept(numpy=True):
+        try:
+            batches = itertools.cycle(data) if hasattr(data, "__len__") else iter(data)
+            for i in range(steps):
+                batch = next(batches, MISSING)
+                if batch is MISSING:
+                    break
+                x, y = batch[0], batch[1]
+                lr = sweep.lr(i)
+                _set_lr(optimizer, ratios, lr)
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(model(x), y)
+                value = float(loss.detach())
+                if math.isfinite(value):
+                    loss.backward()
+                    optimizer.step()
+                if sweep.record(lr, value):
+                    break
+        finally:
+            model.load_state_dict(model_state)
+            optimizer.load_state_dict(opt_state)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
-            value = float(loss.detach())
-            if math.isfinite(value):
-                loss.backward()
-                optimizer.step()
-            if sweep.record(lr, value):
-                break
-    finally:
-        model.load_state_dict(model_state)
-        optimizer.load_state_dict(opt_state)
-        optimizer.zero_grad(set_to_none=True)
-        rng.restore()
     return sweep.result()
-
-
-class ProbeEnd(BaseException):
-    """Ends the probed script once the sweep is over."""
 
 
 class SweepProbe(IgnoreEvents):
     """The :class:`~nanscope.watching.events.Events` listener of ``nanscope lr-find script.py``: before each
     update of the script's first optimizer the LR of every param group is set to the sweep's (ratios kept; the
     script's own scheduler is overridden), the loss handed to ``backward()`` is recorded, and the script is
-    stopped (:class:`ProbeEnd`) at divergence or after the last step. Nothing is put back: the run was a probe."""
+    stopped (:class:`~nanscope.preflight.probe.ProbeDone`) at divergence or after the last step. Nothing is put back: the run was a probe."""
 
     def __init__(self, sweep: Sweep) -> None:
         self.sweep = sweep
@@ -224,7 +220,7 @@ class SweepProbe(IgnoreEvents):
             self._loss = float(first.detach())
             if not math.isfinite(self._loss):  # no update will follow a NaN loss in most loops: stop here
                 self.sweep.record(self.sweep.lr(self._i), self._loss)
-                raise ProbeEnd
+                raise ProbeDone
 
     def before_update(self, optimizer: torch.optim.Optimizer) -> None:
         if optimizer is not self.optimizer:
@@ -234,7 +230,7 @@ class SweepProbe(IgnoreEvents):
         lr = self.sweep.lr(self._i)
         _set_lr(optimizer, self._ratios, lr)
         if self._loss is not None and self.sweep.record(lr, self._loss):
-            raise ProbeEnd
+            raise ProbeDone
         self._i += 1
 
     def close(self) -> None:

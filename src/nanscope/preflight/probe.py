@@ -39,7 +39,7 @@ SchedulerAtStart = tuple[Any, dict[str, Any], list[dict[str, Any]]]
 
 
 class ProbeDone(BaseException):
-    """Ends the probed script once the probe has what it needs."""
+    """Ends a probed script (``nanscope check``, ``nanscope lr-find``) once the probe has what it needs."""
 
 
 def _clone(batch: Any) -> Any:
@@ -168,9 +168,9 @@ class Probe(IgnoreEvents):
         self.updates += 1
         if len(self.optimizers) > 1 and self.updates == 1:
             self.overfit_skipped = (
-                f"the script steps {len(self.optimizers)} optimizers (one batch of a GAN or a "
+                f"the script steps {len(self.optimizers)} optimizers (one batch of a GAN or a multi-model "
+                "loop does not tell a bug)"
             )
-            self.overfit_skipped += "multi-model loop does not tell a bug)"
             raise ProbeDone
         if self._first_batch is MISSING and self.updates == 1:
             self.overfit_skipped = "the script's batches do not come from a DataLoader"

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from nanscope.report.json import to_plain
 
-__all__ = ["CODES_FOR_CAUSE", "SCHEMA", "CheckReport", "Finding"]
+__all__ = ["CODES_FOR_CAUSE", "SCHEMA", "CheckReport", "Finding", "Results"]
 
 SCHEMA = "nanscope.check/1"
 Severity = Literal["error", "warning", "info"]
@@ -62,3 +62,43 @@ class CheckReport:
 
     def dumps(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+
+
+class Results:
+    """What a :class:`CheckReport` is built from, gathered check by check: the findings, the codes checked and
+    passed, and the codes that could not be checked (and why)."""
+
+    def __init__(self) -> None:
+        self.findings: list[Finding] = []
+        self.checked: list[str] = []
+        self.not_checked: dict[str, str] = {}
+
+    def run(self, code: str, found: list[Finding]) -> None:
+        """The outcome of check ``code``: its findings, or none (checked and passed)."""
+        self.findings.extend(found)
+        if not found:
+            self.checked.append(code)
+
+    def add(self, found: list[Finding], passed: list[str]) -> None:
+        """The outcome of several checks at once (findings, and the codes that passed)."""
+        self.findings.extend(found)
+        self.checked.extend(passed)
+
+    def maybe(self, code: str, found: list[Finding], why_not: str | None) -> None:
+        """A check that may not have been able to judge: ``why_not`` says why (then it found nothing)."""
+        if why_not is not None:
+            self.not_checked[code] = why_not
+        else:
+            self.run(code, found)
+
+    def report(self, environment: Mapping[str, Any]) -> CheckReport:
+        """Findings in order without repeats; ``checked``: each passing code once, none that has a finding."""
+        unique: dict[tuple[str, str, str], Finding] = {}
+        for f in self.findings:
+            unique.setdefault((f.code, f.where, f.message), f)
+        codes = {f.code for f in unique.values()}
+        return CheckReport(
+            findings=tuple(unique.values()),
+            checked=tuple(dict.fromkeys(c for c in self.checked if c not in codes)),
+            environment={**environment, "not_checked": dict(self.not_checked)},
+        )

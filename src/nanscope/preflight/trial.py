@@ -13,7 +13,7 @@ from torch import nn
 from nanscope.localize.replay import RngState
 from nanscope.preflight.model_checks import OVERFIT_LR, Overfit, iteration_findings, overfit_findings
 from nanscope.preflight.recorder import Recorder
-from nanscope.preflight.report import Finding
+from nanscope.preflight.report import Results
 
 __all__ = ["OVERFIT_STEPS", "on_copy", "reference_optimizer"]
 
@@ -42,13 +42,14 @@ def _optimizer_copy(opt: torch.optim.Optimizer, model: nn.Module, clone: nn.Modu
 
 
 def on_copy(
-    model: nn.Module, batch: tuple[Any, Any], loss_fn: Any, optimizer: torch.optim.Optimizer | None
-) -> tuple[list[Finding], list[str], dict[str, str]]:
-    """``(findings, codes checked and passed, codes not checked -> why)`` of ``model`` with ``loss_fn`` on
-    ``batch``, all on copies."""
-    rng = RngState.capture(numpy=True)
-    skipped: dict[str, str] = {}
-    try:
+    results: Results,
+    model: nn.Module,
+    batch: tuple[Any, Any],
+    loss_fn: Any,
+    optimizer: torch.optim.Optimizer | None,
+) -> None:
+    """The model-side checks of ``model`` with ``loss_fn`` on ``batch``, all on copies, into ``results``."""
+    with RngState.kept(numpy=True):
         clone = copy.deepcopy(model)
         clone.train(model.training)
         recorder = Recorder([clone])
@@ -61,14 +62,16 @@ def on_copy(
                 try:
                     twin = _optimizer_copy(optimizer, model, clone)
                 except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-                    skipped["exploding_gradients (update)"] = f"the optimizer could not be copied ({exc!r})"
+                    results.not_checked["exploding_gradients (update)"] = (
+                        f"the optimizer could not be copied ({exc!r})"
+                    )
                 else:
                     recorder.before_update(clone.parameters())
                     twin.step()
                     recorder.after_update(restore=True)
         finally:
             recorder.detach()
-        findings, checked = iteration_findings(recorder.result)
+        results.add(*iteration_findings(recorder.result))
         clone.zero_grad(set_to_none=True)
         reference = reference_optimizer([p for p in clone.parameters() if p.requires_grad])
         losses = []
@@ -79,12 +82,5 @@ def on_copy(
             reference.zero_grad(set_to_none=True)
             value.backward()
             reference.step()
-        found, why = overfit_findings(Overfit(tuple(losses), where=type(model).__name__), OVERFIT_STEPS)
-        findings.extend(found)
-        if why is not None:
-            skipped["cannot_overfit_batch"] = why
-        elif not found:
-            checked.append("cannot_overfit_batch")
-    finally:
-        rng.restore()
-    return findings, checked, skipped
+        overfit = Overfit(tuple(losses), where=type(model).__name__)
+        results.maybe("cannot_overfit_batch", *overfit_findings(overfit, OVERFIT_STEPS))

@@ -62,11 +62,6 @@ class Triage:
             last_good=last_good,
         )
 
-    @property
-    def replaying(self) -> bool:
-        """A replay or re-run is going on: the engine ignores the events it produces."""
-        return self.reruns.replaying
-
     # ------------------------------------------------------------------ observation
     def observe(self, it: Iteration, trip: Trip, *, current: bool, replay: bool) -> Observation:
         hps: list[BadHyperparameter] = list(trip.hyperparameters or ())
