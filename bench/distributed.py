@@ -38,13 +38,12 @@ FAULTS = [
 def _rank_job(watched: bool, args: list[str]) -> None:
     """Inside one rank: the job, optionally watched, with nanscope's entry points timed."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from harness import _timed_entry_points
+    from harness import timed_entry_points
 
     from nanscope.watching.watcher import Watcher
 
-    spent = [0.0]
     sys.argv = [str(JOB), *args]
-    with _timed_entry_points(spent), warnings.catch_warnings():
+    with timed_entry_points() as spent, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         watcher = Watcher(None, None) if watched else None
         try:
@@ -53,7 +52,7 @@ def _rank_job(watched: bool, args: list[str]) -> None:
             report = watcher.close() if watcher is not None else None
     if report is not None:
         assert report.verdict == "healthy", report.headline()
-        print(f"nanscope seconds {spent[0]:.6f} steps {report.watched_steps}", flush=True)
+        print(f"nanscope seconds {spent.seconds:.6f} steps {report.watched_steps}", flush=True)
 
 
 def _launch(cmd: list[str], cwd: str) -> tuple[int, str, float]:

@@ -17,7 +17,7 @@ import time
 import warnings
 from pathlib import Path
 
-from harness import _timed_entry_points
+from harness import timed_entry_points
 
 from nanscope.watching.watcher import Watcher
 
@@ -27,10 +27,9 @@ JOBS = Path(__file__).resolve().parent.parent / "tests" / "frameworks"
 def _job(name: str, epochs: int, watched: bool) -> tuple[float, float, int]:
     """(seconds, seconds inside nanscope, steps watched) of one run of the job."""
     sys.argv = [str(JOBS / name), "--epochs", str(epochs)]
-    spent = [0.0]
     start = time.perf_counter()
     steps = 0
-    with _timed_entry_points(spent), warnings.catch_warnings():
+    with timed_entry_points() as spent, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if watched:
             watcher = Watcher(None, None)
@@ -42,7 +41,7 @@ def _job(name: str, epochs: int, watched: bool) -> tuple[float, float, int]:
             steps = report.watched_steps
         else:
             runpy.run_path(str(JOBS / name), run_name="__main__")
-    return time.perf_counter() - start, spent[0], steps
+    return time.perf_counter() - start, spent.seconds, steps
 
 
 def main() -> None:

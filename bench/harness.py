@@ -110,32 +110,80 @@ _ENTRY_POINTS = (
 
 
 @contextlib.contextmanager
-def _timed_entry_points(spent: list[float]) -> Iterator[None]:
-    """Wrap every method through which torch calls into nanscope with a timer (before it attaches); only the
-    outermost of nested entries counts."""
+def _around_entry_points(around: Callable[[], AbstractContextManager[object]]) -> Iterator[None]:
+    """Wrap every method through which torch calls into nanscope (before it attaches, since hooks keep the
+    function they were given) so that ``around()`` is entered for the duration of each outermost entry."""
     originals = [(owner, name, getattr(owner, name)) for owner, names in _ENTRY_POINTS for name in names]
     depth = [0]
 
-    def timed(method: Callable[..., object]) -> Callable[..., object]:
+    def wrap(method: Callable[..., object]) -> Callable[..., object]:
         def run(self: object, *args: object, **kwargs: object) -> object:
-            depth[0] += 1
-            start = time.perf_counter()
-            try:
+            if depth[0]:
                 return method(self, *args, **kwargs)
+            depth[0] += 1
+            try:
+                with around():
+                    return method(self, *args, **kwargs)
             finally:
                 depth[0] -= 1
-                if depth[0] == 0:
-                    spent[0] += time.perf_counter() - start
 
         return run
 
     try:
         for owner, name, method in originals:
-            setattr(owner, name, timed(method))
+            setattr(owner, name, wrap(method))
         yield
     finally:
         for owner, name, method in originals:
             setattr(owner, name, method)
+
+
+class _Spent:
+    """Seconds spent inside the blocks :meth:`timed` was entered for."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    @contextlib.contextmanager
+    def timed(self) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def timed_entry_points() -> Iterator[_Spent]:
+    """Time every outermost entry into nanscope (hooks attached inside the block) until the block ends."""
+    spent = _Spent()
+    with _around_entry_points(spent.timed):
+        yield spent
+
+
+def in_entry_points(
+    workload: Workload,
+    config: str,
+    steps: int,
+    warmup: int,
+    around: Callable[[], AbstractContextManager[object]],
+) -> None:
+    """Run ``warmup`` and then ``steps`` training steps under ``config``, entering ``around()`` for every
+    outermost call into nanscope during the ``steps`` only (attach-time and warm-up work left out)."""
+    counting = [False]
+
+    def maybe() -> AbstractContextManager[object]:
+        return around() if counting[0] else contextlib.nullcontext()
+
+    with _around_entry_points(maybe):
+        batches = workload.batches()
+        with CONFIGS[config](workload):
+            for _ in range(warmup):
+                workload.step(next(batches))
+            counting[0] = True
+            for _ in range(steps):
+                workload.step(next(batches))
+            counting[0] = False
 
 
 def self_time(workload: Workload, config: str, steps: int, warmup: int, repeats: int) -> float:
@@ -143,15 +191,7 @@ def self_time(workload: Workload, config: str, steps: int, warmup: int, repeats:
     whatever the machine's noise; not the indirect cost of, say, caches it evicts)."""
     results = []
     for _ in range(repeats):
-        spent = [0.0]
-        with _timed_entry_points(spent):
-            batches = workload.batches()
-            with CONFIGS[config](workload):
-                for _ in range(warmup):
-                    workload.step(next(batches))
-                spent[0] = 0.0
-                for _ in range(steps):
-                    workload.step(next(batches))
-                measured = spent[0]
-        results.append(measured / steps)
+        spent = _Spent()
+        in_entry_points(workload, config, steps, warmup, spent.timed)
+        results.append(spent.seconds / steps)
     return statistics.median(results)

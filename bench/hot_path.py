@@ -14,7 +14,7 @@ import contextlib
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import harness
@@ -40,64 +40,39 @@ class _Counts:
     ops: int = 0
     calls: int = 0
 
+    @contextlib.contextmanager
+    def timed(self) -> Iterator[None]:
+        start, cpu = time.perf_counter(), time.thread_time()
+        try:
+            yield
+        finally:
+            self.wall += time.perf_counter() - start
+            self.cpu += time.thread_time() - cpu
 
-@contextlib.contextmanager
-def _counted(counts: _Counts, profile: str | None) -> Iterator[None]:
-    """``profile``: None (time only), ``"ops"`` (the dispatch mode) or ``"calls"`` (the profile hook), one
-    at a time so that neither counts the other's work."""
-    originals = [(o, n, getattr(o, n)) for o, names in harness._ENTRY_POINTS for n in names]
-    depth = [0]
+    @contextlib.contextmanager
+    def counted_ops(self) -> Iterator[None]:
+        mode = _Ops()
+        try:
+            with mode:
+                yield
+        finally:
+            self.ops += mode.count
 
-    def wrap(method: Callable[..., object]) -> Callable[..., object]:
-        def timed(self: object, *args: object, **kwargs: object) -> object:
-            if depth[0]:
-                return method(self, *args, **kwargs)
-            depth[0] += 1
-            start, cpu = time.perf_counter(), time.thread_time()
-            try:
-                return method(self, *args, **kwargs)
-            finally:
-                counts.wall += time.perf_counter() - start
-                counts.cpu += time.thread_time() - cpu
-                depth[0] -= 1
+    @contextlib.contextmanager
+    def counted_calls(self) -> Iterator[None]:
+        def tracer(frame, event, arg):  # type: ignore[no-untyped-def]
+            # nanscope's calls only: not the counter's own frames around them
+            if event in ("call", "c_call") and frame.f_code.co_filename not in _OWN:
+                self.calls += 1
 
-        def ops(self: object, *args: object, **kwargs: object) -> object:
-            if depth[0]:
-                return method(self, *args, **kwargs)
-            depth[0] += 1
-            mode = _Ops()
-            try:
-                with mode:
-                    return method(self, *args, **kwargs)
-            finally:
-                counts.ops += mode.count
-                depth[0] -= 1
+        sys.setprofile(tracer)
+        try:
+            yield
+        finally:
+            sys.setprofile(None)
 
-        def calls(self: object, *args: object, **kwargs: object) -> object:
-            if depth[0]:
-                return method(self, *args, **kwargs)
-            depth[0] += 1
 
-            def tracer(frame, event, arg):  # type: ignore[no-untyped-def]
-                if event in ("call", "c_call"):
-                    counts.calls += 1
-
-            sys.setprofile(tracer)
-            try:
-                return method(self, *args, **kwargs)
-            finally:
-                sys.setprofile(None)
-                depth[0] -= 1
-
-        return {None: timed, "ops": ops, "calls": calls}[profile]
-
-    try:
-        for owner, name, method in originals:
-            setattr(owner, name, wrap(method))
-        yield
-    finally:
-        for owner, name, method in originals:
-            setattr(owner, name, method)
+_OWN = {__file__, harness.__file__, contextlib.__file__}
 
 
 @dataclass(frozen=True)
@@ -118,20 +93,12 @@ class Row:
 
 def measure(workload: workloads.Workload, steps: int = 20, warmup: int = 3, repeats: int = 5) -> Row:
     walls, cpus = [], []
-    bare = harness.time_block(workload, harness.CONFIGS["bare"], steps, warmup)
-    bares = [bare]
+    bares = [harness.time_block(workload, harness.CONFIGS["bare"], steps, warmup)]
     for _ in range(repeats):
         timed = _Counts()
-        with _counted(timed, profile=None):
-            batches = workload.batches()
-            with harness.CONFIGS["nanscope watch"](workload):
-                for _ in range(warmup):
-                    workload.step(next(batches))
-                timed.wall = timed.cpu = 0.0
-                for _ in range(steps):
-                    workload.step(next(batches))
-                walls.append(timed.wall / steps)
-                cpus.append(timed.cpu / steps)
+        harness.in_entry_points(workload, "nanscope watch", steps, warmup, timed.timed)
+        walls.append(timed.wall / steps)
+        cpus.append(timed.cpu / steps)
         bares.append(harness.time_block(workload, harness.CONFIGS["bare"], steps, warmup))
     ops, calls = counts(workload, steps, warmup)
     return Row(
@@ -147,20 +114,12 @@ def measure(workload: workloads.Workload, steps: int = 20, warmup: int = 3, repe
 
 
 def counts(workload: workloads.Workload, steps: int = 20, warmup: int = 3) -> tuple[float, float]:
-    """``(torch ops, Python calls)`` per step inside nanscope: deterministic, whatever the machine's load."""
-    per_step = {}
-    for kind in ("ops", "calls"):
-        found = _Counts()
-        with _counted(found, profile=kind):
-            batches = workload.batches()
-            with harness.CONFIGS["nanscope watch"](workload):
-                for _ in range(warmup):
-                    workload.step(next(batches))
-                found.ops = found.calls = 0
-                for _ in range(steps):
-                    workload.step(next(batches))
-                per_step[kind] = (found.ops if kind == "ops" else found.calls) / steps
-    return per_step["ops"], per_step["calls"]
+    """``(torch ops, Python calls)`` per step inside nanscope: deterministic, whatever the machine's load; each
+    counted in a run of its own, so that neither counts the other's work."""
+    ops, calls = _Counts(), _Counts()
+    harness.in_entry_points(workload, "nanscope watch", steps, warmup, ops.counted_ops)
+    harness.in_entry_points(workload, "nanscope watch", steps, warmup, calls.counted_calls)
+    return ops.ops / steps, calls.calls / steps
 
 
 def rows() -> list[Row]:
