@@ -29,7 +29,7 @@ from torch import nn
 
 from nanscope.errors import UsageError
 from nanscope.localize.replay import RngState
-from nanscope.preflight.probe import ProbeDone
+from nanscope.preflight.probe import ProbeDone, scalar_loss
 from nanscope.watching.events import MISSING, IgnoreEvents
 from nanscope.watching.hooks import Hooks
 
@@ -215,10 +215,10 @@ class SweepProbe(IgnoreEvents):
             self._hooks.optimizer(optimizer)
 
     def backward_started(self, tensors: Any) -> None:
-        first = tensors if isinstance(tensors, torch.Tensor) else next(iter(tensors or ()), None)
-        if isinstance(first, torch.Tensor) and first.numel() == 1:
-            self._loss = float(first.detach())
-            if not math.isfinite(self._loss):  # no update will follow a NaN loss in most loops: stop here
+        value = scalar_loss(tensors)
+        if value is not None:
+            self._loss = value
+            if not math.isfinite(value):  # no update will follow a NaN loss in most loops: stop here
                 self.sweep.record(self.sweep.lr(self._i), self._loss)
                 raise ProbeDone
 

@@ -31,7 +31,7 @@ from nanscope.watching.discovery import find_roots, graph_parameters
 from nanscope.watching.events import MISSING, IgnoreEvents
 from nanscope.watching.hooks import Hooks
 
-__all__ = ["Probe", "ProbeDone"]
+__all__ = ["Probe", "ProbeDone", "scalar_loss"]
 
 
 #: an LR scheduler, its ``state_dict()`` and its optimizer's param-group values at the first step
@@ -40,6 +40,14 @@ SchedulerAtStart = tuple[Any, dict[str, Any], list[dict[str, Any]]]
 
 class ProbeDone(BaseException):
     """Ends a probed script (``nanscope check``, ``nanscope lr-find``) once the probe has what it needs."""
+
+
+def scalar_loss(tensors: Any) -> float | None:
+    """The value of the scalar loss handed to ``backward()`` (the first tensor), or None (not a scalar)."""
+    first = tensors if isinstance(tensors, torch.Tensor) else next(iter(tensors or ()), None)
+    if isinstance(first, torch.Tensor) and first.numel() == 1:
+        return float(first.detach())
+    return None
 
 
 def _clone(batch: Any) -> Any:
@@ -122,9 +130,9 @@ class Probe(IgnoreEvents):
             self._learn_models(graph_parameters(tensors))
         if self.updates == 0 and self.recorder is not None:
             self.recorder.loss(tensors)
-        first = tensors if isinstance(tensors, torch.Tensor) else next(iter(tensors or ()), None)
-        if isinstance(first, torch.Tensor) and first.numel() == 1:
-            self._backward_loss = float(first.detach())
+        value = scalar_loss(tensors)
+        if value is not None:
+            self._backward_loss = value
 
     def backward_ended(self, tensors: Any) -> None:
         if self.updates == 0 and self.recorder is not None:

@@ -52,7 +52,6 @@ class Iteration:
     activations: list[Activation] = field(default_factory=list)
     layer_rms: list[tuple[str, float]] = field(default_factory=list)  # call order
     loss: LossFacts | None = None
-    loss_value: float | None = None
     grad_rms: list[tuple[str, float]] = field(default_factory=list)  # weights, their layer's call order
     unused: list[str] = field(default_factory=list)  # weights without a gradient
     update_ratio: list[tuple[str, float]] = field(default_factory=list)
@@ -94,10 +93,6 @@ class Recorder:
                 self._names.setdefault(id(module), f"{prefix}.{name}" if name else prefix)
                 self._handles.append(module.register_forward_pre_hook(self._pre))
                 self._handles.append(module.register_forward_hook(self._post))
-
-    @property
-    def recorded_forward(self) -> bool:
-        return self._forward_done
 
     # ------------------------------------------------------------------ forward
     def _pre(self, module: nn.Module, args: Any) -> None:
@@ -163,9 +158,6 @@ class Recorder:
         self._end_forward()
         if self.result.loss is None:
             self.result.loss = loss_facts(tensors)
-            first = tensors if isinstance(tensors, torch.Tensor) else next(iter(tensors or ()), None)
-            if isinstance(first, torch.Tensor) and first.numel() == 1:
-                self.result.loss_value = float(first.detach())
 
     def _weights(self) -> list[tuple[str, nn.Module, torch.Tensor]]:
         out = []

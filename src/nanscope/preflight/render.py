@@ -10,7 +10,7 @@ from nanscope.preflight.lr_find import LRFindResult
 from nanscope.preflight.report import CheckReport
 from nanscope.report.text import print_panel
 
-__all__ = ["check_page", "lines", "lr_find_page", "print_check", "render_check"]
+__all__ = ["check_page", "lines", "lr_find_page", "print_check"]
 
 _STYLE = {"error": "bold red", "warning": "bold yellow", "info": "cyan"}
 _CLASS = {"error": "verdict bad", "warning": "verdict warn", "info": "dim"}
@@ -37,10 +37,6 @@ def lines(report: CheckReport) -> list[tuple[str, str]]:
     for code, why in skipped.items():
         out.append(("dim", f"not checked: {code} ({why})"))
     return out
-
-
-def render_check(report: CheckReport) -> str:
-    return "\n".join(["nanscope check", *(text for _, text in lines(report))]) + "\n"
 
 
 def print_check(report: CheckReport, file: IO[str] | None = None) -> None:

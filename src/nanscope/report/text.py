@@ -8,7 +8,14 @@ from typing import IO
 
 from nanscope.report.model import EarlyWarning, Intervention, Report
 
-__all__ = ["early_warning_line", "intervention_line", "print_panel", "print_report", "render_text"]
+__all__ = [
+    "early_warning_line",
+    "intervention_line",
+    "plain_text",
+    "print_panel",
+    "print_report",
+    "render_text",
+]
 
 
 def _fmt(value: float | None) -> str:
@@ -135,7 +142,12 @@ def _lines(report: Report) -> list[tuple[str, str]]:
 
 def render_text(report: Report) -> str:
     """The report as plain text (no colour), one finding per line."""
-    return "\n".join(["nanscope report", *(text for _, text in _lines(report))]) + "\n"
+    return plain_text("nanscope report", _lines(report))
+
+
+def plain_text(title: str, lines: list[tuple[str, str]]) -> str:
+    """``(style, text)`` lines under a title, without styles."""
+    return "\n".join([title, *(text for _, text in lines)]) + "\n"
 
 
 def print_report(report: Report, file: IO[str] | None = None) -> None:
@@ -152,7 +164,7 @@ def print_panel(title: str, lines: list[tuple[str, str]], border: str, file: IO[
         from rich.panel import Panel
         from rich.text import Text
     except ImportError:
-        stream.write("\n".join([title, *(text for _, text in lines)]) + "\n")
+        stream.write(plain_text(title, lines))
         return
     body = Text()
     for i, (style, text) in enumerate(lines):
