@@ -209,3 +209,32 @@ def test_api_model_checks_run_on_a_copy_and_leave_everything_as_it_was():
     assert [f.code for f in broadcast.findings] == ["cannot_overfit_batch"]
     fixed = nanscope.check(regression, targets, loss_fn=lambda out, y: nn.functional.mse_loss(out[:, 0], y))
     assert fixed.findings == () and "cannot_overfit_batch" in fixed.checked
+
+
+def test_the_script_probe_removes_every_hook_patch_and_mode_it_attached():
+    """What `nanscope check` attaches while the script runs (optimizer step hooks, module hooks of the
+    recorder, the global patches, the activation TorchFunctionMode) is gone after the probe closes."""
+    from nanscope.preflight.probe import Probe, ProbeDone
+    from nanscope.watching import patches
+
+    probe = Probe(steps=6)
+    patches.activate(probe)
+    try:
+        torch.manual_seed(0)
+        model = _classifier()
+        opt = torch.optim.Adam(model.parameters())
+        loader = DataLoader(Flat(flat=()), batch_size=16)
+        with pytest.raises(ProbeDone):
+            for _ in range(3):
+                for x, y in loader:
+                    opt.zero_grad()
+                    nn.functional.cross_entropy(model(x), y).backward()
+                    opt.step()
+        assert probe.updates == 7 and any(m._forward_pre_hooks for m in model.modules())
+    finally:
+        patches.deactivate(probe)
+        probe.close()
+    assert patches.installed() == []
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
+    assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
+    assert torch._C._len_torch_function_stack() == 0
