@@ -12,7 +12,8 @@ of tensors:
 - on CPU, where ``_foreach_norm`` is a loop of one norm kernel per tensor (about 2 us each hot, several times
   that between a step's large kernels), tensors under 2^16 elements that share their shape and dtype (models
   repeat their layer shapes: four or more alike) are copied into one persistent block per shape and reduced row
-  by row with a BLAS matrix-vector product, a fixed number of kernels however many tensors share the shape;
+  by row (gradients: one norm over the rows, a single pass; sums: a BLAS matrix-vector product), a fixed number
+  of kernels however many tensors share the shape;
   tensors from 2^16 elements get a BLAS dot product or a plain sum of their own (1.6-3x faster per element
   than a norm); the rest go through ``_foreach_norm``. A CPU model of at most 32 tensors and 2^18 elements in
   all goes through ``_foreach_norm`` alone (one kernel per dtype instead of a block, a product and a root per
@@ -77,9 +78,9 @@ class Reading:
 
 
 class _Rows:
-    """Tensors of one shape and dtype on CPU, copied into one persistent block and reduced row by row with a
-    matrix-vector product (BLAS): a fixed number of kernels however many tensors share the shape. The block is
-    kept so that no step pays for fresh pages."""
+    """Tensors of one shape and dtype on CPU, copied into one persistent block and reduced row by row (norms in
+    one pass; sums by a BLAS matrix-vector product): a fixed number of kernels however many tensors share the
+    shape. The block is kept so that no step pays for fresh pages."""
 
     __slots__ = ("positions", "_block", "_ones")
 
@@ -91,10 +92,8 @@ class _Rows:
     def values(self, tensors: Sequence[torch.Tensor], squares: bool) -> torch.Tensor:
         torch.cat([tensors[i] for i in self.positions], out=self._block)
         block = self._block.view(len(self.positions), -1)
-        if not squares:
-            return block @ self._ones
-        block.mul_(block)
-        return (block @ self._ones).sqrt_()
+        # one pass over the block either way (a square in place and a product read it twice)
+        return torch.linalg.vector_norm(block, dim=1) if squares else block @ self._ones
 
 
 @dataclass(frozen=True, slots=True)
