@@ -4,7 +4,9 @@ Only the work inside nanscope's entry points is counted (the methods through whi
 ``harness._ENTRY_POINTS``), so the machine's noise does not blur it: wall time (``perf_counter``) and CPU time
 (``thread_time``) inside the hooks, the aten ops issued there (a counting ``TorchDispatchMode`` pushed for the
 duration of each entry) and, in a separate pass, the Python-level calls made there (``sys.setprofile``
-``call`` and ``c_call`` events). ``python bench/hot_path.py`` prints one row per workload: the four CPU benchmark workloads, the 1e5 /
+``call`` and ``c_call`` events). Of the wall time, the part spent in the probes' reads of the tensors
+(``Plan.probe``: the kernels over the gradient, weight and buffer bytes, which the memory bandwidth bounds) is
+shown apart from the rest (the host's bookkeeping), with the bytes those reads cover per step. ``python bench/hot_path.py`` prints one row per workload: the four CPU benchmark workloads, the 1e5 /
 1e6-parameter scaling rows and 10 / 100 / 1000 parameter tensors at 1e6 parameters.
 """
 
@@ -21,6 +23,8 @@ import harness
 import torch
 import workloads
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from nanscope.watching.probes import Plan
 
 
 class _Ops(TorchDispatchMode):
@@ -39,13 +43,18 @@ class _Counts:
     cpu: float = 0.0
     ops: int = 0
     calls: int = 0
+    reads: float = 0.0  # seconds inside Plan.probe, within timed()
+    bytes: int = 0  # the bytes of the tensors Plan.probe read, within timed()
+    inside: bool = False
 
     @contextlib.contextmanager
     def timed(self) -> Iterator[None]:
         start, cpu = time.perf_counter(), time.thread_time()
+        self.inside = True
         try:
             yield
         finally:
+            self.inside = False
             self.wall += time.perf_counter() - start
             self.cpu += time.thread_time() - cpu
 
@@ -57,6 +66,27 @@ class _Counts:
                 yield
         finally:
             self.ops += mode.count
+
+    @contextlib.contextmanager
+    def probes_timed(self) -> Iterator[None]:
+        """Time (and size) the ``Plan.probe`` calls made inside :meth:`timed` blocks: the reads of the tensors."""
+        probe = Plan.probe
+
+        def timed(plan: Plan, tensors, squares):  # type: ignore[no-untyped-def]
+            if not self.inside:
+                return probe(plan, tensors, squares)
+            start = time.perf_counter()
+            try:
+                return probe(plan, tensors, squares)
+            finally:
+                self.reads += time.perf_counter() - start
+                self.bytes += sum(t.numel() * t.element_size() for t in tensors)
+
+        Plan.probe = timed  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            Plan.probe = probe  # type: ignore[method-assign]
 
     @contextlib.contextmanager
     def counted_calls(self) -> Iterator[None]:
@@ -85,6 +115,8 @@ class Row:
     cpu_us: float
     ops: float  # per step (profiled blocks)
     calls: float
+    reads_us: float  # of wall_us: inside Plan.probe (the reads of the tensors)
+    read_mb: float  # the bytes those reads cover, per step
 
     @property
     def share(self) -> float:
@@ -92,13 +124,16 @@ class Row:
 
 
 def measure(workload: workloads.Workload, steps: int = 20, warmup: int = 3, repeats: int = 5) -> Row:
-    walls, cpus = [], []
+    walls, cpus, reads = [], [], []
     bares = [harness.time_block(workload, harness.CONFIGS["bare"], steps, warmup)]
     for _ in range(repeats):
         timed = _Counts()
-        harness.in_entry_points(workload, "nanscope watch", steps, warmup, timed.timed)
+        with timed.probes_timed():
+            harness.in_entry_points(workload, "nanscope watch", steps, warmup, timed.timed)
         walls.append(timed.wall / steps)
         cpus.append(timed.cpu / steps)
+        reads.append(timed.reads / steps)
+        read_mb = timed.bytes / steps / 1e6
         bares.append(harness.time_block(workload, harness.CONFIGS["bare"], steps, warmup))
     ops, calls = counts(workload, steps, warmup)
     return Row(
@@ -110,6 +145,8 @@ def measure(workload: workloads.Workload, steps: int = 20, warmup: int = 3, repe
         statistics.median(cpus) * 1e6,
         ops,
         calls,
+        statistics.median(reads) * 1e6,
+        read_mb,
     )
 
 
@@ -139,14 +176,15 @@ def main() -> None:
     args = parser.parse_args()
     lines = [
         "| workload | tensors | params | bare step (ms) | in nanscope (us/step) | share | CPU in nanscope (us/step) "
-        "| torch ops/step | Python calls/step |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| torch ops/step | Python calls/step | reading tensors (us/step) | MB read/step | rest (us/step) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     print("\n".join(lines))
     for r in rows():
         lines.append(
             f"| {r.workload} | {r.tensors} | {r.parameters:.2g} | {r.bare_ms:.2f} | {r.wall_us:.0f} | "
-            f"{r.share * 100:.2f} % | {r.cpu_us:.0f} | {r.ops:.1f} | {r.calls:.0f} |"
+            f"{r.share * 100:.2f} % | {r.cpu_us:.0f} | {r.ops:.1f} | {r.calls:.0f} | {r.reads_us:.0f} | "
+            f"{r.read_mb:.1f} | {r.wall_us - r.reads_us:.0f} |"
         )
         print(lines[-1])
         sys.stdout.flush()
