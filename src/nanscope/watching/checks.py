@@ -22,6 +22,7 @@ import torch
 from nanscope._tree import iter_tensors
 from nanscope.detect.scan import BadHyperparameter, nonfinite_hyperparameters, nonfinite_names
 from nanscope.report.model import Where
+from nanscope.watching import proof
 from nanscope.watching.discovery import Naming
 from nanscope.watching.probes import Prober, Reading
 from nanscope.watching.reader import DeviceReader
@@ -183,27 +184,43 @@ class StepChecks:
             self._on_trip(it, Trip("hyperparameters", tuple(h.name for h in bad), hyperparameters=tuple(bad)))
 
     # ------------------------------------------------------------------ weights and buffers
-    def weights(self, it: Iteration, watched: WatchedOptimizer) -> None:
+    def weights(self, it: Iteration, watched: WatchedOptimizer, opt: torch.optim.Optimizer) -> None:
+        """The weights after ``opt``'s update: read, unless :mod:`~nanscope.watching.proof` proves from the
+        gradients read for this update (their values on the host by now) that it kept them finite."""
         params = watched.params()
-        readings = self._prober.probe(2 * watched.index + 1, params, params, squares=False)
+        if watched.bound is not None:
+            grads_read = it.grad_backward == it.backwards and it.grad_sq is not None
+            watched.bound = proof.advance(watched.bound, opt, params, it.grad_norm if grads_read else None)
+            if watched.bound is not None:
+                return
+        moments = proof.first_moments(opt, params)
+        squares = moments is not None  # norms bound the elements for the proof; sums only prove them finite
+        readings = self._prober.probe(2 * watched.index + 1, params, params, squares=squares)
+        state = self._prober.probe(-3 - watched.index, moments, moments, squares=True) if moments else []
         it.pending += 1
         self.reader.submit(
-            [r.vector for r in readings],
-            functools.partial(self._weights_ready, it, watched, params, readings),
+            [r.vector for r in readings + state],
+            functools.partial(self._weights_ready, it, watched, opt, params, readings, state),
         )
 
     def _weights_ready(
         self,
         it: Iteration,
         watched: WatchedOptimizer,
+        opt: torch.optim.Optimizer,
         params: list[torch.Tensor],
         readings: list[Reading],
+        state: list[Reading],
         hosts: list[torch.Tensor],
     ) -> None:
         it.pending -= 1
+        hosts, state_hosts = hosts[: len(readings)], hosts[len(readings) :]
         bad = self._confirm(params, functools.partial(self.name, watched.index, params), readings, hosts)
         if bad:
+            watched.bound = None
             self._on_trip(it, Trip("parameters", tuple(bad), watched=watched))
+        elif readings and readings[0].squares:
+            watched.bound = proof.anchor(opt, params, _norms(readings, hosts), _norms(state, state_hosts))
         self._on_read(it)
 
     def all_buffers(self) -> list[tuple[str, torch.Tensor]]:
@@ -268,3 +285,8 @@ class StepChecks:
         """Names of the tensors that really hold NaN/Inf among those whose probe value is non-finite."""
         suspects = [i for r, h in zip(readings, hosts, strict=True) for i in r.suspects(h.tolist())]
         return nonfinite_names((name(i), tensors[i]) for i in sorted(suspects))
+
+
+def _norms(readings: list[Reading], hosts: list[torch.Tensor]) -> list[float]:
+    """The per-tensor L2 norms of norm readings, from their host values."""
+    return [norm for r, h in zip(readings, hosts, strict=True) for _, norm in r.l2_norms(h.tolist())]

@@ -337,6 +337,8 @@ class Engine:
     def _roll_back(self) -> None:
         """Carry out a decided rollback, the LR back-off sized by the grad norm's growth before the failure."""
         self.recoverer.roll_back(self.step(), step_growth(self.log.history().grad_norm, _GROWTH_WINDOW))
+        for w in self.watched.values():  # the weights and states written back are read after the next update
+            w.bound = None
 
     def _agree(self, it: Iteration) -> None:
         """Every rank, every step, at the first optimizer's update: whether any rank saw a non-finite value
@@ -364,7 +366,7 @@ class Engine:
                         buffer.copy_(saved)
                 self._finish(applied=False)
             return
-        self.checks.weights(it, w)
+        self.checks.weights(it, w, opt)
         self.reader.commit()  # one device-to-host copy per step for everything this step submitted
         before = self.step()
         w.steps += 1

@@ -1,0 +1,187 @@
+"""Updates proven finite: when the weights need not be read after ``optimizer.step()``.
+
+The weights are read after an update because an update can write NaN/Inf into finite weights (Adam with
+``eps=0`` divides 0 by 0, a learning rate of 1e35 overflows). For ``torch.optim.SGD``, ``Adam`` and ``AdamW``
+the update is a known function of the gradients, the hyperparameters and the optimizer's state, so measured
+facts bound every element of it:
+
+- an earlier read after an update found the weights and the first-moment state (SGD's momentum buffers,
+  Adam's ``exp_avg``) finite, their largest per-tensor L2 norms ``W`` and ``S`` bounding every element;
+- every update since had finite gradients whose norm ``G`` (read when ``backward()`` returned) bounds every
+  element, and hyperparameters that are finite host numbers with ``eps > 0`` and betas/momentum in [0, 1).
+
+Then, per param group, with ``g = G + |wd| W`` (L2 weight decay enters the gradient; decoupled decay does not):
+
+- SGD: momentum ``S <- mu S + |1 - dampening| g`` and the step's direction ``D = S`` (Nesterov:
+  ``g + mu S``); without momentum ``D = g``;
+- Adam/AdamW: ``S <- beta1 S + (1 - beta1) g`` and ``D = S / ((1 - beta1) eps)`` (the bias correction
+  ``1 / (1 - beta1^t)`` is at most ``1 / (1 - beta1)``; the denominator ``sqrt(v_hat) + eps`` is at least
+  ``eps``; ``v`` is a convex mix of finite squares, so it stays finite). Where the betas have not changed since
+  the read and ``beta1^2 < beta2``, also ``D = (beta1^k S_read / eps + K) / (1 - beta1)`` after ``k`` updates,
+  ``K = (1 - beta1) / sqrt((1 - beta1^2 / beta2)(1 - beta2))``: ``m`` is the read moment decayed plus a
+  weighted sum of gradients that Cauchy-Schwarz bounds by ``K sqrt(v)``, so the step no longer grows with the
+  gradients (it does through ``eps`` alone, which with L2 decay would compound every step); the smaller ``D``
+  holds;
+- ``W <- W (1 + |lr wd|) + |lr| D`` (the first term only under decoupled decay).
+
+While every such bound stays under 1e30 the update has no 0/0, no Inf - Inf and no overflow: a finite float32
+or bfloat16 weight plus an update under 1e30 stays finite (half a unit in the last place at float32's largest
+value is about 1e31, so even a weight there rounds back). The read after that update is then redundant: it is
+skipped. The weights are read (and the bounds re-anchored) at the first update, every ``REREAD``-th update,
+after a rollback, after the optimizer's state or param groups are replaced, and whenever a premise fails:
+another optimizer class (a subclass too), float16 weights, a tensor learning rate on an accelerator, gradients
+not read at the update (a GPU without ``eager``: their values arrive later).
+
+What the skip gives up is seeing, right after the update, a weight that code outside the optimizer made
+non-finite (a checkpoint loaded into the model mid-run, a bit flip): the loss of the next step that uses it
+shows it (the triage then finds the weight non-finite before that step), or the next re-anchoring read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import torch
+
+__all__ = ["REREAD", "Bound", "anchor", "advance", "first_moments"]
+
+REREAD = 100  # updates between two reads of the weights, however well the updates in between were proven
+_LIMIT = 1e30  # every bound stays below: far from float32's overflow (3.4e38), see the module's doc
+_MARGIN = 1.01  # the gradient norm as read (float32 reductions) may round below the true norm
+_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
+_KINDS: Mapping[type, str] = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam", torch.optim.AdamW: "adamw"}
+_MOMENT = {"sgd": "momentum_buffer", "adam": "exp_avg", "adamw": "exp_avg"}
+
+
+class Bound(NamedTuple):  # (a NamedTuple: built every step, several times cheaper than a frozen dataclass)
+    """Bounds on every element of one optimizer's weights and first-moment state, from the last read on."""
+
+    kind: str
+    weights: float
+    state: float
+    since: int  # updates proven since the read
+    read_state: float  # the state's bound at the read
+    betas: tuple[tuple[float, float] | None, ...]  # each param group's (Adam) betas at the read
+    params: Sequence[torch.Tensor]  # the parameter list the read covered (compared by identity)
+    optimizer_state: object  # the optimizer's state mapping at the read (load_state_dict replaces it)
+
+
+def first_moments(
+    optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]
+) -> list[torch.Tensor] | None:
+    """The state tensors a bound covers (momentum buffers or ``exp_avg``), or None for an optimizer whose
+    updates are not proven (another class, float16 weights)."""
+    kind = _KINDS.get(type(optimizer))
+    if kind is None or any(p.dtype not in _DTYPES for p in params):
+        return None
+    key, state = _MOMENT[kind], optimizer.state
+    found = (state.get(p) for p in params)
+    return [t for s in found if s and isinstance(t := s.get(key), torch.Tensor)]
+
+
+def anchor(
+    optimizer: torch.optim.Optimizer,
+    params: Sequence[torch.Tensor],
+    weight_norms: Sequence[float],
+    state_norms: Sequence[float],
+) -> Bound | None:
+    """The bound after a read found the weights' and the moments' per-tensor L2 norms (None: no proof)."""
+    kind = _KINDS.get(type(optimizer))
+    weights = max(weight_norms, default=0.0)
+    state = max(state_norms, default=0.0)
+    if kind is None or not (weights < _LIMIT and state < _LIMIT):  # (NaN fails too)
+        return None
+    betas = tuple(_betas(group) for group in optimizer.param_groups)
+    return Bound(kind, weights, state, 0, state, betas, params, optimizer.state)
+
+
+def advance(
+    bound: Bound, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor], grad_norm: float | None
+) -> Bound | None:
+    """The bound after one more update with gradients of norm ``grad_norm``, or None when that update is not
+    proven to keep the weights finite (they must be read)."""
+    if (
+        grad_norm is None
+        or not grad_norm < _LIMIT
+        or bound.since + 1 >= REREAD
+        or params is not bound.params
+        or optimizer.state is not bound.optimizer_state
+    ):
+        return None
+    grad = grad_norm * _MARGIN
+    weights = state = 0.0
+    if len(optimizer.param_groups) != len(bound.betas):
+        return None
+    for group, betas in zip(optimizer.param_groups, bound.betas, strict=True):
+        step = _group(bound, group, grad, betas)
+        if step is None:
+            return None
+        weights, state = max(weights, step[0]), max(state, step[1])
+    if not (weights < _LIMIT and state < _LIMIT):
+        return None
+    return bound._replace(weights=weights, state=state, since=bound.since + 1)
+
+
+def _group(
+    bound: Bound, group: Mapping[str, Any], grad: float, read_betas: tuple[float, float] | None
+) -> tuple[float, float] | None:
+    """``(weights, state)`` bounds after this group's update, or None when a premise fails."""
+    lr, wd = _number(group.get("lr")), _number(group.get("weight_decay", 0.0))
+    if lr is None or wd is None:
+        return None
+    lr, wd = abs(lr), abs(wd)
+    if bound.kind == "sgd":
+        mu, dampening = _number(group.get("momentum", 0.0)), _number(group.get("dampening", 0.0))
+        if mu is None or dampening is None or not 0.0 <= mu < 1.0:
+            return None
+        g = grad + wd * bound.weights
+        if mu > 0.0:
+            state = mu * bound.state + abs(1.0 - dampening) * g
+            direction = g + mu * state if group.get("nesterov") else state
+        else:
+            state, direction = bound.state, g
+        decay = 1.0
+    else:
+        betas, eps = _betas(group), _number(group.get("eps"))
+        if betas is None or eps is None or not eps > 0.0:
+            return None
+        beta1, beta2 = betas
+        if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
+            return None
+        decoupled = bound.kind == "adamw" or bool(group.get("decoupled_weight_decay", False))
+        g = grad if decoupled else grad + wd * bound.weights
+        state = beta1 * bound.state + (1.0 - beta1) * g
+        direction = state / ((1.0 - beta1) * eps)
+        if betas == read_betas and beta1 * beta1 < beta2:  # the Cauchy-Schwarz bound (module doc)
+            k = bound.since + 1
+            ratio = (1.0 - beta1) / math.sqrt((1.0 - beta1 * beta1 / beta2) * (1.0 - beta2))
+            direction = min(direction, (beta1**k * bound.read_state / eps + ratio) / (1.0 - beta1))
+        decay = 1.0 + lr * wd if decoupled else 1.0
+    update = lr * direction
+    if not (g < _LIMIT and state < _LIMIT and update < _LIMIT):
+        return None
+    return bound.weights * decay + update, state
+
+
+def _betas(group: Mapping[str, Any]) -> tuple[float, float] | None:
+    betas = group.get("betas")
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        return None
+    beta1, beta2 = _number(betas[0]), _number(betas[1])
+    return None if beta1 is None or beta2 is None else (beta1, beta2)
+
+
+def _number(value: object) -> float | None:
+    """A finite host number (a CPU tensor's value too; an accelerator's tensor is not read: None)."""
+    if type(value) is float:  # the common case, on the hot path
+        return value if value - value == 0.0 else None  # (inf - inf and nan - nan are nan)
+    if isinstance(value, torch.Tensor):
+        if value.device.type != "cpu" or value.numel() != 1:
+            return None
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
