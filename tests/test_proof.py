@@ -47,14 +47,14 @@ def _steps(optimizer_cls, config, steps=60, scale=1.0, seed=0):
         moments = proof.first_moments(opt, params)
         state = max((float(t.abs().max()) for t in moments), default=0.0)
         finite = all(bool(torch.isfinite(p).all()) for p in params)
-        proven = proof.advance(bound, opt, params, grad_norm) if bound is not None else None
+        proven = proof.advance(bound, opt, params, step, grad_norm) if bound is not None else None
         out.append((step, proven, weights, state, finite))
         if proven is not None:
             bound = proven
         elif finite:  # what the read after an unproven update gives: exact per-tensor norms
             norms = [float(torch.linalg.vector_norm(p.detach().double())) for p in params]
             state_norms = [float(torch.linalg.vector_norm(t.double())) for t in moments]
-            bound = proof.anchor(opt, params, norms, state_norms)
+            bound = proof.anchor(opt, params, step, norms, state_norms)
         else:
             bound = None
     return out
@@ -101,11 +101,11 @@ def test_a_premise_that_fails_means_no_proof(cls, config, why):
     model = nn.Linear(3, 2)
     opt = cls(model.parameters(), lr=1e-3)
     params = [p for g in opt.param_groups for p in g["params"]]
-    bound = proof.anchor(opt, params, [1.0], [0.0])
+    bound = proof.anchor(opt, params, 0, [1.0], [0.0])
     assert bound is not None
-    assert proof.advance(bound, opt, params, 1.0) is not None  # as constructed: proven
+    assert proof.advance(bound, opt, params, 1, 1.0) is not None  # as constructed: proven
     opt.param_groups[0].update(config)  # (a scheduler may set any of these; the constructor refuses some)
-    assert proof.advance(bound, opt, params, 1.0) is None, why
+    assert proof.advance(bound, opt, params, 1, 1.0) is None, why
 
 
 def test_other_optimizers_half_precision_and_replaced_state_are_not_proven():
@@ -116,33 +116,34 @@ def test_other_optimizers_half_precision_and_replaced_state_are_not_proven():
         pass
 
     assert proof.first_moments(torch.optim.RMSprop(params), params) is None
-    assert proof.anchor(MySGD(params, lr=0.1), params, [1.0], []) is None
+    assert proof.anchor(MySGD(params, lr=0.1), params, 0, [1.0], []) is None
     half = [p.detach().half().requires_grad_() for p in params]
     assert proof.first_moments(torch.optim.SGD(half, lr=0.1), half) is None
 
     opt = torch.optim.Adam(params, lr=1e-3)
-    bound = proof.anchor(opt, params, [1.0], [0.0])
-    assert proof.advance(bound, opt, params, None) is None  # the gradients were not read at the update
-    assert proof.advance(bound, opt, params, float("inf")) is None
-    assert proof.advance(bound, opt, list(params), 1.0) is None  # another parameter list
+    bound = proof.anchor(opt, params, 0, [1.0], [0.0])
+    assert proof.advance(bound, opt, params, 1, None) is None  # the gradients were not read at the update
+    assert proof.advance(bound, opt, params, 2, 1.0) is None  # a read delivered late: update 1 unbounded
+    assert proof.advance(bound, opt, params, 1, float("inf")) is None
+    assert proof.advance(bound, opt, list(params), 1, 1.0) is None  # another parameter list
     opt.load_state_dict(opt.state_dict())  # a new state mapping: the moments are unknown
-    assert proof.advance(bound, opt, params, 1.0) is None
+    assert proof.advance(bound, opt, params, 1, 1.0) is None
 
 
 def test_the_bounds_follow_the_update_rules():
     model = nn.Linear(3, 2)
     params = list(model.parameters())
     sgd = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=0.5)
-    bound = proof.anchor(sgd, params, [2.0, 1.0], [3.0])
-    after = proof.advance(bound, sgd, params, 1.0)
+    bound = proof.anchor(sgd, params, 0, [2.0, 1.0], [3.0])
+    after = proof.advance(bound, sgd, params, 1, 1.0)
     g = 1.0 * 1.01 + 0.5 * 2.0
     assert after.state == pytest.approx(0.9 * 3.0 + g)
     assert after.weights == pytest.approx(2.0 + 0.1 * (0.9 * 3.0 + g))
     assert after.since == 1
 
     adamw = torch.optim.AdamW(params, lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1)
-    bound = proof.anchor(adamw, params, [2.0], [0.5])
-    after = proof.advance(bound, adamw, params, 1.0)
+    bound = proof.anchor(adamw, params, 0, [2.0], [0.5])
+    after = proof.advance(bound, adamw, params, 1, 1.0)
     state = 0.8 * 0.5 + 0.2 * 1.01
     assert after.state == pytest.approx(state)
     by_eps = state / (0.2 * 1e-6)
@@ -150,7 +151,7 @@ def test_the_bounds_follow_the_update_rules():
     by_ratio = (0.8 * 0.5 / 1e-6 + k) / 0.2
     assert by_ratio < by_eps
     assert after.weights == pytest.approx(2.0 * (1 + 0.01 * 0.1) + 0.01 * by_ratio)
-    later = proof.advance(after, adamw, params, 1.0)  # one more: the read moment's share decays by beta1
+    later = proof.advance(after, adamw, params, 2, 1.0)  # one more: the read moment's share decays by beta1
     assert later.weights == pytest.approx(
         after.weights * (1 + 0.001) + 0.01 * (0.8**2 * 0.5 / 1e-6 + k) / 0.2
     )

@@ -190,7 +190,8 @@ class StepChecks:
         params = watched.params()
         if watched.bound is not None:
             grads_read = it.grad_backward == it.backwards and it.grad_sq is not None
-            watched.bound = proof.advance(watched.bound, opt, params, it.grad_norm if grads_read else None)
+            grad_norm = it.grad_norm if grads_read else None
+            watched.bound = proof.advance(watched.bound, opt, params, watched.steps, grad_norm)
             if watched.bound is not None:
                 return
         moments = proof.first_moments(opt, params)
@@ -200,7 +201,7 @@ class StepChecks:
         it.pending += 1
         self.reader.submit(
             [r.vector for r in readings + state],
-            functools.partial(self._weights_ready, it, watched, opt, params, readings, state),
+            functools.partial(self._weights_ready, it, watched, opt, watched.steps, params, readings, state),
         )
 
     def _weights_ready(
@@ -208,6 +209,7 @@ class StepChecks:
         it: Iteration,
         watched: WatchedOptimizer,
         opt: torch.optim.Optimizer,
+        update: int,
         params: list[torch.Tensor],
         readings: list[Reading],
         state: list[Reading],
@@ -220,7 +222,8 @@ class StepChecks:
             watched.bound = None
             self._on_trip(it, Trip("parameters", tuple(bad), watched=watched))
         elif readings and readings[0].squares:
-            watched.bound = proof.anchor(opt, params, _norms(readings, hosts), _norms(state, state_hosts))
+            norms = _norms(readings, hosts), _norms(state, state_hosts)
+            watched.bound = proof.anchor(opt, params, update, *norms)
         self._on_read(it)
 
     def all_buffers(self) -> list[tuple[str, torch.Tensor]]:

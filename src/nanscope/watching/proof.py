@@ -61,6 +61,7 @@ class Bound(NamedTuple):  # (a NamedTuple: built every step, several times cheap
     kind: str
     weights: float
     state: float
+    update: int  # the optimizer's update count the bounds hold after
     since: int  # updates proven since the read
     read_state: float  # the state's bound at the read
     betas: tuple[tuple[float, float] | None, ...]  # each param group's (Adam) betas at the read
@@ -84,26 +85,33 @@ def first_moments(
 def anchor(
     optimizer: torch.optim.Optimizer,
     params: Sequence[torch.Tensor],
+    update: int,
     weight_norms: Sequence[float],
     state_norms: Sequence[float],
 ) -> Bound | None:
-    """The bound after a read found the weights' and the moments' per-tensor L2 norms (None: no proof)."""
+    """The bound after a read, after update ``update``, found the weights' and the moments' per-tensor L2
+    norms (None: no proof)."""
     kind = _KINDS.get(type(optimizer))
     weights = max(weight_norms, default=0.0)
     state = max(state_norms, default=0.0)
     if kind is None or not (weights < _LIMIT and state < _LIMIT):  # (NaN fails too)
         return None
     betas = tuple(_betas(group) for group in optimizer.param_groups)
-    return Bound(kind, weights, state, 0, state, betas, params, optimizer.state)
+    return Bound(kind, weights, state, update, 0, state, betas, params, optimizer.state)
 
 
 def advance(
-    bound: Bound, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor], grad_norm: float | None
+    bound: Bound,
+    optimizer: torch.optim.Optimizer,
+    params: Sequence[torch.Tensor],
+    update: int,
+    grad_norm: float | None,
 ) -> Bound | None:
-    """The bound after one more update with gradients of norm ``grad_norm``, or None when that update is not
-    proven to keep the weights finite (they must be read)."""
+    """The bound after update ``update`` (the one after the bound's) with gradients of norm ``grad_norm``, or
+    None when that update is not proven to keep the weights finite (they must be read)."""
     if (
-        grad_norm is None
+        update != bound.update + 1  # (a read delivered late, on a device: updates in between are unbounded)
+        or grad_norm is None
         or not grad_norm < _LIMIT
         or bound.since + 1 >= REREAD
         or params is not bound.params
@@ -121,7 +129,7 @@ def advance(
         weights, state = max(weights, step[0]), max(state, step[1])
     if not (weights < _LIMIT and state < _LIMIT):
         return None
-    return bound._replace(weights=weights, state=state, since=bound.since + 1)
+    return bound._replace(weights=weights, state=state, update=update, since=bound.since + 1)
 
 
 def _group(
