@@ -258,10 +258,12 @@ class Engine:
         if self.triage.reruns.replaying or self.verdicts.refeed is not None:
             return
         it = self.log.current
-        if not self.watched and not self.naming.models and self._discover:
+        found_now = not self.watched and not self.naming.models and self._discover
+        if found_now:  # (models found by this backward: their forward ran before they were hooked)
             self._found_models(find_roots(graph_parameters(tensors)))
         if not it.in_micro_batch:  # no watched forward ran: the loop calls submodules; consume at backward
-            self._on_unseen_forward()
+            if not found_now or not self.naming.models:
+                self._on_unseen_forward()
             drawn = self.ledger.consume((), {}) if self._track_data else None
             if drawn is not None:
                 self._consumed(it, drawn)
