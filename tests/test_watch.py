@@ -348,3 +348,29 @@ def test_constant_inf_mask_buffers_are_not_blamed_but_nan_buffers_are():
             assert exc.report.first_nonfinite.names == ("mask",)
         else:
             assert not poison and watcher.close().verdict == "healthy"
+
+
+def _hooked(model):
+    return [name for name, m in model.named_modules() if m._forward_pre_hooks or m._forward_hooks]
+
+
+def test_models_found_at_the_first_backward_get_hooks_on_the_model_alone():
+    """``watch(None, None)`` opened after the model and optimizer exist finds them at the first backward: that step's
+    forward ran unhooked, which is not a loop calling submodules, so only the model is hooked (hooking
+    its 18 submodules would cost two hook calls each per step); a loop that does call a submodule gets them
+    hooked at its next backward."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Sequential(nn.Linear(4, 4), nn.Tanh()) for _ in range(6)])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(8, 4)
+    with nanscope.watch(None, None):
+        for _ in range(3):
+            optimizer.zero_grad()
+            model(x).pow(2).mean().backward()
+            optimizer.step()
+        assert _hooked(model) == [""]
+        optimizer.zero_grad()
+        model[0](x).pow(2).mean().backward()  # the loop calls a submodule: its forwards were unseen
+        optimizer.step()
+        assert len(_hooked(model)) == 19  # the model and its submodules two levels deep (6 + 12)
+    assert _hooked(model) == []
