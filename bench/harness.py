@@ -195,3 +195,23 @@ def self_time(workload: Workload, config: str, steps: int, warmup: int, repeats:
         in_entry_points(workload, config, steps, warmup, spent.timed)
         results.append(spent.seconds / steps)
     return statistics.median(results)
+
+
+def sync_count(workload: Workload, config: str, steps: int) -> int:
+    """Host-device synchronizations that torch's sync debug mode reports over ``steps`` steps (after warm-up)."""
+    import warnings
+
+    batches = workload.batches()
+    with CONFIGS[config](workload):
+        for _ in range(3):
+            workload.step(next(batches))
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                for _ in range(steps):
+                    workload.step(next(batches))
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message).lower() for w in caught)

@@ -92,26 +92,6 @@ def peak_rss(workload: str, config: str, steps: int) -> float:
     return int(out.stdout.strip().splitlines()[-1]) / 1024
 
 
-def sync_count(workload: workloads.Workload, config: str, steps: int) -> int:
-    """Host-device synchronizations that torch's sync debug mode reports over ``steps`` steps (after warm-up)."""
-    import warnings
-
-    batches = workload.batches()
-    with harness.CONFIGS[config](workload):
-        for _ in range(3):
-            workload.step(next(batches))
-        torch.cuda.synchronize()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                for _ in range(steps):
-                    workload.step(next(batches))
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message).lower() for w in caught)
-
-
 def recovery_section(quick: bool) -> list[str]:
     cpu = torch.device("cpu")
     costs = [recovery.snapshot_cost(build(cpu)) for build in workloads.STANDARD.values()]
@@ -331,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         sync_rows = []
         for name, build in standard.items():
-            bare = sync_count(build(device), "bare", steps)
-            watched = sync_count(build(device), "nanscope watch", steps)
+            bare = harness.sync_count(build(device), "bare", steps)
+            watched = harness.sync_count(build(device), "nanscope watch", steps)
             sync_rows.append([name, f"{bare}", f"{watched}", f"{watched - bare:+d}"])
         out += [
             "## Host-device synchronization",
