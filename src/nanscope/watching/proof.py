@@ -55,10 +55,11 @@ _KINDS: Mapping[type, str] = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam", 
 _MOMENT = {"sgd": "momentum_buffer", "adam": "exp_avg", "adamw": "exp_avg"}
 
 
-class Bound(
-    NamedTuple
-):  # (built every step: a NamedTuple made directly, 0.6 us; replace() on a dataclass 3.9)
-    """Bounds on every element of one optimizer's weights and first-moment state, from the last read on."""
+class Bound(NamedTuple):
+    """Bounds on every element of one optimizer's weights and first-moment state, from the last read on.
+
+    (A NamedTuple: one is made every step, 0.6 us directly against 3.9 us for ``replace()`` of a dataclass.)
+    """
 
     kind: str
     weights: float
