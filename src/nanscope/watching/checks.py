@@ -80,7 +80,7 @@ class StepChecks:
                 continue
             scalar = tensor.numel() == 1
             it.pending += 1
-            if scalar and tensor.device.type == "cpu":  # read at once: no device to wait for
+            if scalar and tensor.is_cpu:  # read at once: no device to wait for
                 self._loss_value(it, tensor.item(), scalar=True)
                 continue
             with torch.no_grad():

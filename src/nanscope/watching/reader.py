@@ -30,7 +30,7 @@ class DeviceReader:
 
     def submit(self, tensors: Sequence[torch.Tensor], callback: Callback) -> None:
         """Run ``callback(host_tensors)`` (1-D float32 on an accelerator) once the values are on the host."""
-        if all(t.device.type == "cpu" for t in tensors):
+        if all(t.is_cpu for t in tensors):  # (is_cpu: t.device builds a device object, ~10x the time)
             callback(list(tensors))
         elif self.eager:
             callback([t.cpu() for t in tensors])

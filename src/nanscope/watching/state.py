@@ -9,6 +9,7 @@ calls).
 from __future__ import annotations
 
 import math
+import operator
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,8 @@ from nanscope.watching.batches import Drawn
 from nanscope.watching.proof import Bound
 
 __all__ = ["Iteration", "WatchedOptimizer"]
+
+_PARAMS = operator.itemgetter("params")
 
 
 @dataclass(eq=False)
@@ -89,7 +92,7 @@ class WatchedOptimizer:
         opt = self.optimizer()
         if opt is None:
             return []
-        layout = tuple(len(g["params"]) for g in opt.param_groups)
+        layout = tuple(map(len, map(_PARAMS, opt.param_groups)))  # (C-level: called three times a step)
         if layout != self._layout:
             self._params, self._layout = [p for g in opt.param_groups for p in g["params"]], layout
         return self._params
