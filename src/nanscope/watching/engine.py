@@ -10,7 +10,8 @@ tripped check into a conclusion. The policy decides (pure); :meth:`Verdicts._act
 
 Step semantics (``docs/how-it-works.md``): gradients are judged when ``backward()`` returns (as backward left
 them: before any clip, after the closure's backward under ``step(closure)``, per micro-batch under
-accumulation); the update is discarded at ``before_update``; weights are judged at ``after_update``.
+accumulation); the update is discarded at ``before_update``; weights are judged at ``after_update`` (read,
+or proven finite from what was read: :mod:`~nanscope.watching.proof`).
 """
 
 from __future__ import annotations
