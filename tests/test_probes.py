@@ -70,3 +70,15 @@ def test_a_cached_plan_is_remade_when_a_parameter_changes_shape_in_place():
     params[2].data[1, 1] = math.nan
     (reading,) = prober.probe(0, params, params, squares=False)
     assert reading.suspects(reading.vector.tolist()) == [2]
+
+
+def test_a_cached_plan_is_found_by_the_identity_of_its_tensors():
+    """Other tensors of the same shapes under the same key (an optimizer's state written back by a rollback)
+    get a plan of their own: comparing the lists with == compared their values and raised."""
+    first = [torch.randn(4, 4) for _ in range(3)]
+    prober = Prober()
+    prober.probe(5, first, first, squares=True)
+    second = [t.clone() for t in first]
+    second[1][0, 0] = math.inf
+    (reading,) = prober.probe(5, second, second, squares=True)
+    assert reading.suspects(reading.vector.tolist()) == [1]
