@@ -197,11 +197,15 @@ class StepChecks:
         moments = proof.first_moments(opt, params)
         squares = moments is not None  # norms bound the elements for the proof; sums only prove them finite
         readings = self._prober.probe(2 * watched.index + 1, params, params, squares=squares)
-        state = self._prober.probe(-3 - watched.index, moments, moments, squares=True) if moments else []
+        moment_readings = (
+            self._prober.probe(-3 - watched.index, moments, moments, squares=True) if moments else []
+        )
         it.pending += 1
         self.reader.submit(
-            [r.vector for r in readings + state],
-            functools.partial(self._weights_ready, it, watched, opt, watched.steps, params, readings, state),
+            [r.vector for r in readings + moment_readings],
+            functools.partial(
+                self._weights_ready, it, watched, opt, watched.steps, params, readings, moment_readings
+            ),
         )
 
     def _weights_ready(
@@ -212,17 +216,17 @@ class StepChecks:
         update: int,
         params: list[torch.Tensor],
         readings: list[Reading],
-        state: list[Reading],
+        moment_readings: list[Reading],
         hosts: list[torch.Tensor],
     ) -> None:
         it.pending -= 1
-        hosts, state_hosts = hosts[: len(readings)], hosts[len(readings) :]
+        hosts, moment_hosts = hosts[: len(readings)], hosts[len(readings) :]
         bad = self._confirm(params, functools.partial(self.name, watched.index, params), readings, hosts)
         if bad:
             watched.bound = None
             self._on_trip(it, Trip("parameters", tuple(bad), watched=watched))
         elif readings and readings[0].squares:
-            norms = _norms(readings, hosts), _norms(state, state_hosts)
+            norms = _norms(readings, hosts), _norms(moment_readings, moment_hosts)
             watched.bound = proof.anchor(opt, params, update, *norms)
         self._on_read(it)
 
