@@ -1,17 +1,22 @@
 """What nanscope itself does per step on the always-on path: time, CPU time, torch ops and Python calls.
 
 Only the work inside nanscope's entry points is counted (the methods through which torch calls into it:
-``harness._ENTRY_POINTS``), so the machine's noise does not blur it: wall time (``perf_counter``) and CPU time
-(``thread_time``) inside the hooks, the aten ops issued there (a counting ``TorchDispatchMode`` pushed for the
-duration of each entry) and, in a separate pass, the Python-level calls made there (``sys.setprofile``
+``harness._ENTRY_POINTS``), so the machine's noise does not blur it: wall time (``perf_counter``) and CPU
+time (``thread_time``) inside the hooks, the aten ops issued there (a counting ``TorchDispatchMode`` pushed for
+the duration of each entry) and, in a separate pass, the Python-level calls made there (``sys.setprofile``
 ``call`` and ``c_call`` events). Of the wall time, the part spent in the probes' reads of the tensors
 (``Plan.probe``: the kernels over the gradient, weight and buffer bytes, which the memory bandwidth bounds) is
-shown apart from the rest (the host's bookkeeping), with the bytes those reads cover per step. With
-``--device cuda`` (a GPU machine: ``python bench/hot_path.py --device cuda --out docs/performance-hot-path-cuda.md``)
-the times are the host's (kernel launches included, the GPU's work runs beside them), the rows are the four
-workloads, the scaling rows and a GPT-2-small-sized step, and a last column counts the host-device
-synchronizations nanscope adds per step (torch's sync debug mode, watched minus bare). ``python bench/hot_path.py`` prints one row per workload: the four CPU benchmark workloads, the 1e5 /
-1e6-parameter scaling rows and 10 / 100 / 1000 parameter tensors at 1e6 parameters.
+shown apart from the rest (the host's bookkeeping), with the bytes those reads cover per step. Each block
+counts 20 steps after 3 warm-up steps, in a watcher of its own: the read of the weights at every 100th update
+that proven updates leave (``nanscope/watching/proof.py``) falls outside them (amortized, a hundredth of one
+weight read per step). One row per workload: the four CPU benchmark workloads, the 1e5 / 1e6-parameter
+scaling rows and 10 / 100 / 1000 parameter tensors at 1e6 parameters.
+
+With ``--device cuda`` (on a GPU machine: ``python bench/hot_path.py --device cuda --out
+docs/performance-hot-path-cuda.md``) the times are the host's (kernel launches included; the GPU's work runs
+beside them), the rows are the four workloads, the scaling rows and a GPT-2-small-sized step, and a last
+column counts the host-device synchronizations nanscope adds per step (torch's sync debug mode, watched minus
+bare).
 """
 
 from __future__ import annotations
@@ -209,7 +214,7 @@ def main() -> None:
         print(lines[-1])
         sys.stdout.flush()
     if args.out:
-        doc = (__doc__ or "").split("\n\n")[0].replace("\n", " ")
+        doc = " ".join((__doc__ or "").split("\n\n")[:2]).replace("\n", " ")
         head = [
             "# Performance: the always-on path, counted",
             "",
