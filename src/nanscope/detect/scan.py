@@ -19,6 +19,7 @@ __all__ = [
     "BadHyperparameter",
     "BatchScan",
     "TensorRows",
+    "hyperparameter_numbers",
     "nonfinite_hyperparameters",
     "nonfinite_names",
     "scan_batch",
@@ -107,7 +108,9 @@ class BadHyperparameter:
         return f"{prefix}param_groups[{self.group}].{self.key}"
 
 
-def _numbers(value: Any, host_only: bool) -> Iterator[float]:
+def hyperparameter_numbers(value: Any, host_only: bool) -> Iterator[float]:
+    """The numbers in a param-group value: a number, a small floating tensor's elements (with ``host_only``,
+    none from a tensor on an accelerator: reading it would synchronize), a short tuple or list's."""
     if isinstance(value, bool):
         return
     if isinstance(value, (int, float)):
@@ -118,7 +121,7 @@ def _numbers(value: Any, host_only: bool) -> Iterator[float]:
         yield from (float(v) for v in value.detach().reshape(-1).tolist())
     elif isinstance(value, (tuple, list)) and len(value) <= 16:
         for v in value:
-            yield from _numbers(v, host_only)
+            yield from hyperparameter_numbers(v, host_only)
 
 
 def nonfinite_hyperparameters(
@@ -138,7 +141,7 @@ def nonfinite_hyperparameters(
                     continue
                 bad.append(BadHyperparameter(optimizer, g, key, float(value)))
                 continue
-            for number in _numbers(value, host_only):
+            for number in hyperparameter_numbers(value, host_only):
                 if not math.isfinite(number):
                     bad.append(BadHyperparameter(optimizer, g, key, number))
                     break

@@ -45,6 +45,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from nanscope.detect.scan import hyperparameter_numbers
+
 __all__ = ["REREAD", "Bound", "anchor", "advance", "first_moments"]
 
 REREAD = 100  # updates between two reads of the weights, however well the updates in between were proven
@@ -188,14 +190,10 @@ def _betas(group: Mapping[str, Any]) -> tuple[float, float] | None:
 
 
 def _number(value: object) -> float | None:
-    """A finite host number (a CPU tensor's value too; an accelerator's tensor is not read: None)."""
+    """A finite host number (a CPU tensor's one value too; an accelerator's tensor is not read: None)."""
     if type(value) is float:  # the common case, on the hot path
         return value if value - value == 0.0 else None  # (inf - inf and nan - nan are nan)
-    if isinstance(value, torch.Tensor):
-        if value.device.type != "cpu" or value.numel() != 1:
-            return None
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, (tuple, list)):
         return None
-    number = float(value)
-    return number if math.isfinite(number) else None
+    numbers = list(hyperparameter_numbers(value, host_only=True))
+    return numbers[0] if len(numbers) == 1 and math.isfinite(numbers[0]) else None
