@@ -189,8 +189,8 @@ class StepChecks:
         gradients read for this update (their values on the host by now) that it kept them finite."""
         params = watched.params()
         if watched.bound is not None:
-            grads_read = it.grad_backward == it.backwards and it.grad_sq is not None
-            grad_norm = it.grad_norm if grads_read else None
+            # the norm of the gradients this update used: those of the newest backward, if read by now
+            grad_norm = it.grad_norm if it.grad_backward == it.backwards else None
             watched.bound = proof.advance(watched.bound, opt, params, watched.steps, grad_norm)
             if watched.bound is not None:
                 return
