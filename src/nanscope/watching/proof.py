@@ -191,8 +191,10 @@ def _betas(group: Mapping[str, Any]) -> tuple[float, float] | None:
 
 def _number(value: object) -> float | None:
     """A finite host number (a CPU tensor's one value too; an accelerator's tensor is not read: None)."""
-    if type(value) is float:  # the common case, on the hot path
+    if type(value) is float:  # the common cases, on the hot path
         return value if value - value == 0.0 else None  # (inf - inf and nan - nan are nan)
+    if type(value) is int:  # (SGD's defaults: momentum=0, dampening=0, weight_decay=0)
+        return float(value)
     if isinstance(value, (tuple, list)):
         return None
     numbers = list(hyperparameter_numbers(value, host_only=True))
