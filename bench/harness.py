@@ -105,7 +105,7 @@ def compare(
 #: every way torch calls into nanscope: the guarded engine events (patches and hooks) and the hook functions
 _ENTRY_POINTS = (
     (_Guarded, [n for n in vars(_Guarded) if not n.startswith("_")]),
-    (Hooks, ["pre_step", "post_step", "forward_pre", "forward_post"]),
+    (Hooks, ["pre_step", "post_step"]),
 )
 
 

@@ -73,6 +73,9 @@ class Engine:
         scan_seconds: float = 30.0,
     ) -> None:
         self.policy = policy
+        # the policy's answers, asked every step (a Policy is frozen)
+        self._snapshots, self._recovers = policy.takes_snapshots, policy.recovers
+        self._in_loop = track_data and policy.replays_in_loop  # a failing step may be replayed by the loop
         self.tensorboard: TensorBoardSink | None = None
         self._track_data = track_data
         self._step_fn = step_fn
@@ -218,9 +221,9 @@ class Engine:
             self._roll_back()
         if not it.started:
             it.started = True
-            if self.policy.takes_snapshots:  # references only: the last good batch, should a failure follow
+            if self._snapshots:  # references only: the last good batch, should a failure follow
                 it.first_call = ModelCall(module, args, kwargs)
-            if self.policy.recovers:
+            if self._recovers:
                 with torch.no_grad():
                     it.buffers_before = [
                         (b, b.detach().clone()) for _, b in self.naming.buffers(floating_only=False)
@@ -242,10 +245,9 @@ class Engine:
     def _replayable(self) -> bool:
         if self._step_fn is not None:
             return True
-        again = self.diagnosis is None or self.policy.diagnoses_every_event
-        return self._track_data and self.policy.replays_in_loop and again
+        return self._in_loop and (self.verdicts.diagnosis is None or self.policy.diagnoses_every_event)
 
-    def forward_ended(self, module: nn.Module, output: Any) -> None:
+    def forward_ended(self, module: nn.Module, args: Any, output: Any) -> None:
         it = self.log.current
         if not torch.is_grad_enabled() or it.first_module != id(module) or self.verdicts.refeed is not None:
             return
@@ -386,7 +388,7 @@ class Engine:
         # the step index of the next iteration; with no optimizer it counts this iteration too
         following = self.step() if self.watched else self.log.watched + 1
         it = self.log.finish(following, applied=applied, keep=keep and applied, scaler_skipped=scaler_skipped)
-        if applied and not it.failed and self.policy.takes_snapshots:
+        if applied and not it.failed and self._snapshots:
             self.last_good = (it.batches[-1] if it.batches else None, it.first_call)
         if applied:
             self.recoverer.iteration_done(self.step())
@@ -401,9 +403,7 @@ class Engine:
         it.settled = True
         if not it.failed:
             self.recoverer.settled(it.step, it.grad_norm, it.clip_threshold)
-            warned = len(self.early.items)
-            self.early.update(it.step, it.mean_loss, it.grad_norm)
-            if len(self.early.items) > warned:
+            if self.early.update(it.step, it.mean_loss, it.grad_norm):
                 self.recoverer.warned(it.step)
         if self.tensorboard is not None:
             self._log(it)

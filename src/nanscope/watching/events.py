@@ -10,7 +10,7 @@ these methods, in the order the training loop produces them:
                        belongs to the micro-batch that *consumes* it, not to the one running when it was drawn
 ``forward_started``    a training forward of a watched module begins (the first one of a micro-batch consumes
                        the oldest unconsumed batch, or the batch whose tensors it is fed)
-``forward_ended``      ... and returned ``output``
+``forward_ended``      ... and returned ``output`` (the hooks' arguments: ``module, args, output``)
 ``backward_started``   ``backward()`` was handed ``tensors`` (the loss)
 ``backward_ended``     ``backward()`` returned: the gradients as backward left them, before any clip or unscale
 ``clipped``            the script clips the gradients (``clip_grad_norm_`` / ``clip_grad_value_``) at ``limit``
@@ -47,7 +47,7 @@ class Events(Protocol):
 
     def forward_started(self, module: nn.Module, args: Any, kwargs: Any) -> None: ...
 
-    def forward_ended(self, module: nn.Module, output: Any) -> None: ...
+    def forward_ended(self, module: nn.Module, args: Any, output: Any) -> None: ...
 
     def backward_started(self, tensors: Any) -> None: ...
 
@@ -81,7 +81,7 @@ class IgnoreEvents:
     def forward_started(self, module: nn.Module, args: Any, kwargs: Any) -> None:
         pass
 
-    def forward_ended(self, module: nn.Module, output: Any) -> None:
+    def forward_ended(self, module: nn.Module, args: Any, output: Any) -> None:
         pass
 
     def backward_started(self, tensors: Any) -> None:

@@ -66,8 +66,11 @@ class Hooks:
     def _hook(self, module: nn.Module) -> None:
         if id(module) not in self._hooked:
             self._hooked.add(id(module))
-            self._handles.append(module.register_forward_pre_hook(self.forward_pre, with_kwargs=True))
-            self._handles.append(module.register_forward_hook(self.forward_post))
+            # (the events themselves are the hooks: same arguments, one Python frame less per forward each)
+            self._handles.append(
+                module.register_forward_pre_hook(self._events.forward_started, with_kwargs=True)
+            )
+            self._handles.append(module.register_forward_hook(self._events.forward_ended))
 
     def optimizer(self, opt: torch.optim.Optimizer) -> None:
         self._handles.append(opt.register_step_pre_hook(self.pre_step))
@@ -86,22 +89,19 @@ class Hooks:
         self._handles.clear()
 
     # ------------------------------------------------------------------ the hook functions
-    def forward_pre(self, module: nn.Module, args: Any, kwargs: Any) -> None:
-        self._events.forward_started(module, args, kwargs)
-
-    def forward_post(self, module: nn.Module, args: Any, output: Any) -> None:
-        self._events.forward_ended(module, output)
-
     def pre_step(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
+        # torch hands the pre-hook step's own args, the optimizer first: (opt, closure?, ...)
+        closure = kwargs.get("closure") if kwargs else None
+        if closure is None and len(args) > 1:
+            closure = args[1]
+        if not callable(closure):
+            self._events.before_update(opt)  # (which does nothing unless the watcher is live)
+            return None
         if not self._live():
             return None
-        # torch hands the pre-hook step's own args, the optimizer first: (opt, closure?, ...)
         if callable(kwargs.get("closure")):
-            return args, {**kwargs, "closure": self._wrap(opt, kwargs["closure"])}
-        if len(args) > 1 and callable(args[1]):
-            return (args[0], self._wrap(opt, args[1]), *args[2:]), kwargs
-        self._events.before_update(opt)
-        return None
+            return args, {**kwargs, "closure": self._wrap(opt, closure)}
+        return (args[0], self._wrap(opt, closure), *args[2:]), kwargs
 
     def _wrap(self, opt: torch.optim.Optimizer, closure: Callable[[], Any]) -> Callable[[], Any]:
         def closure_then_check() -> Any:

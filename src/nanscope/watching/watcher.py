@@ -44,6 +44,9 @@ class WatcherState(enum.Enum):
     CLOSED = "closed"
 
 
+_OPEN_STATE = WatcherState.OPEN
+
+
 def _optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
     if optimizer is None:
         return []
@@ -58,47 +61,44 @@ def _optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
     return items
 
 
+def _event(name: str, default: Any = None) -> Callable[..., Any]:
+    """The engine's event ``name`` behind the watcher's guard (:meth:`Watcher._guard`, inlined: one Python
+    frame between torch and the engine on the hot path instead of two)."""
+
+    def guarded(self: _Guarded, *args: Any) -> Any:
+        w = self._w
+        if w._state is not _OPEN_STATE or w._engine.triage.reruns.replaying:
+            return default
+        try:
+            return getattr(w._engine, name)(*args)
+        except NonFiniteError:
+            raise
+        except Exception as exc:  # an internal failure must never kill training
+            w._broke(exc)
+            return default
+
+    guarded.__name__ = guarded.__qualname__ = name
+    return guarded
+
+
 class _Guarded:
     """The engine's events behind the watcher's guard: what the patches and hooks call."""
 
     def __init__(self, watcher: Watcher) -> None:
         self._w = watcher
 
-    def optimizer_created(self, optimizer: torch.optim.Optimizer) -> None:
-        self._w._guard(self._w._engine.optimizer_created, optimizer)
-
-    def batch_drawn(self, batch: Any, indices: Any, source: str, dataset: Any, loader: Any) -> None:
-        self._w._guard(self._w._engine.batch_drawn, batch, indices, source, dataset, loader)
-
-    def batch_to_replay(self, dataset: Any) -> Any:
-        return self._w._guard(self._w._engine.batch_to_replay, dataset, default=MISSING)
-
-    def excluded_indices(self, dataset: Any) -> frozenset[int]:
-        return self._w._guard(self._w._engine.excluded_indices, dataset, default=frozenset())
-
-    def forward_started(self, module: nn.Module, args: Any, kwargs: Any) -> None:
-        self._w._guard(self._w._engine.forward_started, module, args, kwargs)
-
-    def forward_ended(self, module: nn.Module, output: Any) -> None:
-        self._w._guard(self._w._engine.forward_ended, module, output)
-
-    def backward_started(self, tensors: Any) -> None:
-        self._w._guard(self._w._engine.backward_started, tensors)
-
-    def backward_ended(self, tensors: Any) -> None:
-        self._w._guard(self._w._engine.backward_ended, tensors)
-
-    def clipped(self, kind: str, limit: float) -> None:
-        self._w._guard(self._w._engine.clipped, kind, limit)
-
-    def before_update(self, optimizer: torch.optim.Optimizer) -> None:
-        self._w._guard(self._w._engine.before_update, optimizer)
-
-    def after_update(self, optimizer: torch.optim.Optimizer) -> None:
-        self._w._guard(self._w._engine.after_update, optimizer)
-
-    def update_skipped(self, optimizer: torch.optim.Optimizer) -> None:
-        self._w._guard(self._w._engine.update_skipped, optimizer)
+    optimizer_created = _event("optimizer_created")
+    batch_drawn = _event("batch_drawn")
+    batch_to_replay = _event("batch_to_replay", MISSING)
+    excluded_indices = _event("excluded_indices", frozenset())
+    forward_started = _event("forward_started")
+    forward_ended = _event("forward_ended")
+    backward_started = _event("backward_started")
+    backward_ended = _event("backward_ended")
+    clipped = _event("clipped")
+    before_update = _event("before_update")
+    after_update = _event("after_update")
+    update_skipped = _event("update_skipped")
 
 
 class Watcher:
@@ -280,26 +280,26 @@ class Watcher:
 
     def _guard(self, fn: Callable[..., Any], *args: Any, default: Any = None) -> Any:
         """``fn(*args)``, or ``default`` when not watching (closed, broken, replaying) or when it failed."""
-        if (
-            self._state is not WatcherState.OPEN or self._engine.triage.reruns.replaying
-        ):  # _live(), inlined: hot
+        if not self._live():
             return default
         try:
             return fn(*args)
         except NonFiniteError:
             raise
         except Exception as exc:  # an internal failure must never kill training
-            self._state = WatcherState.BROKEN
-            detail = (
-                "".join(traceback.format_exception(exc)) if os.environ.get("NANSCOPE_DEBUG") else repr(exc)
-            )
-            warnings.warn(
-                f"nanscope stopped watching after an internal error ({detail}); training continues unwatched. "
-                "Set NANSCOPE_DEBUG=1 for the full traceback and please report it.",
-                InternalErrorWarning,
-                stacklevel=3,
-            )
+            self._broke(exc)
             return default
+
+    def _broke(self, exc: Exception) -> None:
+        """Stop watching after an internal error: a warning, and training goes on."""
+        self._state = WatcherState.BROKEN
+        detail = "".join(traceback.format_exception(exc)) if os.environ.get("NANSCOPE_DEBUG") else repr(exc)
+        warnings.warn(
+            f"nanscope stopped watching after an internal error ({detail}); training continues unwatched. "
+            "Set NANSCOPE_DEBUG=1 for the full traceback and please report it.",
+            InternalErrorWarning,
+            stacklevel=3,
+        )
 
     # ---------------------------------------------------------------- public helpers
     def observe_batch(self, batch: Any, indices: Sequence[int] | None = None, source: str = "batch") -> None:
