@@ -186,7 +186,6 @@ class Recoverer:
         for group, lr in self._lr_saved.pop(id(opt), ()):
             group["lr"] = lr
 
-    @torch.no_grad()
     def clip(self, params: Sequence[torch.Tensor], readings: Sequence[Any]) -> float | None:
         """Adaptive clipping from the gradient probe's device values; returns the limit applied."""
         if self._zclip is None or not readings:
@@ -194,6 +193,11 @@ class Recoverer:
         limit = self._zclip.threshold
         if limit is None:
             return None
+        with torch.no_grad():
+            self._clip(params, readings, limit)
+        return limit
+
+    def _clip(self, params: Sequence[torch.Tensor], readings: Sequence[Any], limit: float) -> None:
         for reading in readings:
             v = reading.vector
             head, tail = v[: reading.norms], v[reading.norms :]
@@ -202,7 +206,6 @@ class Recoverer:
             grads = [g for p in params if (g := p.grad) is not None and g.device == v.device]
             if grads:
                 torch._foreach_mul_(grads, coef.to(grads[0].dtype))
-        return limit
 
     @property
     def lr_factor(self) -> float:

@@ -35,7 +35,7 @@ _DEPTH = 16  # unconsumed batches kept per loader
 _LOADERS = 8  # loaders tracked at once (the oldest is forgotten)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Drawn:
     """One batch as a loader handed it out."""
 
@@ -97,7 +97,7 @@ class Ledger:
 
     def consume(self, args: Any, kwargs: Any) -> Drawn | None:
         """The batch a micro-batch whose first training forward got ``args``/``kwargs`` consumes."""
-        pending = sum(len(q) for q in self._queues.values())
+        pending = sum(map(len, self._queues.values()))  # (C-level)
         if not pending:
             return None
         fed = _storages((args, kwargs)) if pending > 1 else frozenset()  # one candidate: no matching needed

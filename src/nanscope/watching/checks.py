@@ -31,6 +31,7 @@ from nanscope.watching.state import Iteration, WatchedOptimizer
 __all__ = ["LayerNorms", "StepChecks", "Trip"]
 
 _LAYER_WINDOW = 32
+_GRAD, _VECTOR = operator.attrgetter("grad"), operator.attrgetter("vector")
 
 #: One gradient read: the parameters, their probe layout and the values read.
 LayerNorms = tuple[list[torch.Tensor], list[Reading], list[list[float]]]
@@ -106,7 +107,7 @@ class StepChecks:
     ) -> None:
         """The gradients of ``params`` as they are now (``key`` names the probe plan)."""
         self.reader.poll()
-        grads = [p.grad for p in params]
+        grads = list(map(_GRAD, params))  # (C-level, as below)
         with_grad = params
         if any(map(operator.is_, grads, repeat(None))):  # (C-level; parameters without a gradient are rare)
             with_grad = [p for p in params if p.grad is not None]
@@ -120,7 +121,7 @@ class StepChecks:
             watched.readings = readings
         it.pending += 1
         self.reader.submit(
-            [r.vector for r in readings],
+            list(map(_VECTOR, readings)),
             functools.partial(self._grads_ready, it, watched, with_grad, readings, it.backwards),
         )
 
@@ -134,8 +135,11 @@ class StepChecks:
         hosts: list[torch.Tensor],
     ) -> None:
         it.pending -= 1
-        values = [h.tolist() for h in hosts]
-        sq = math.fsum(r.sum_of_squares(v) for r, v in zip(readings, values, strict=True))
+        values = list(map(torch.Tensor.tolist, hosts))
+        if len(readings) == 1:  # (one device: the common case, on the hot path)
+            sq = readings[0].sum_of_squares(values[0])
+        else:
+            sq = math.fsum(r.sum_of_squares(v) for r, v in zip(readings, values, strict=True))
         self.layer_norms.append((params, readings, values))
         if not math.isfinite(sq):
             index = watched.index if watched is not None else 0
@@ -244,10 +248,10 @@ class StepChecks:
 
     def buffers(self, it: Iteration) -> None:
         """Buffers (BatchNorm statistics, ...) as they enter the iteration's first training forward."""
-        self.reader.poll()
         named = self.all_buffers()
         if not named:
             return
+        self.reader.poll()
         tensors = [t for _, t in named]
         readings = self._prober.probe(-1, tensors, tensors, squares=False)
         it.pending += 1

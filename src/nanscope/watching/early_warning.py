@@ -33,11 +33,14 @@ class EarlyWarnings:
         self._episode: dict[str, int] = {}  # series -> step of its last spike
         self._records: list[EarlyWarning] = []
 
-    def update(self, step: int, loss: float | None, norm: float | None) -> None:
+    def update(self, step: int, loss: float | None, norm: float | None) -> bool:
+        """Feed one step's values; True when a spike began a new record."""
+        recorded = len(self._records)
         for series, value in (("loss", loss), ("grad_norm", norm)):
             spike = self._spikes[series].update(value)
             if spike is not None:
                 self._spiked(step, series, spike.value, spike.baseline, spike.score)
+        return len(self._records) > recorded
 
     @property
     def items(self) -> Sequence[EarlyWarning]:

@@ -51,6 +51,8 @@ def installed() -> list[str]:
 
 def is_scaled(tensors: Any) -> bool:
     """Whether a tensor handed to ``backward()`` came out of an enabled ``GradScaler.scale()``."""
+    if not _scaled:  # (no scaler in use: the common case, on the hot path)
+        return False
     items = [tensors] if isinstance(tensors, torch.Tensor) else list(tensors or ())
     return any(
         isinstance(t, torch.Tensor) and (r := _scaled.get(id(t))) is not None and r() is t for t in items

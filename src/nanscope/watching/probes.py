@@ -157,34 +157,34 @@ class Plan:
         grad = torch.is_grad_enabled()  # (the two C calls of a no_grad() block, without its context objects)
         torch._C._set_grad_enabled(False)
         try:
-            return self._probe(tensors, squares)
+            readings = []
+            for plan in self.devices:
+                values: list[torch.Tensor] = []
+                for positions in plan.foreach:
+                    members = list(map(tensors.__getitem__, positions))  # (C-level)
+                    dtype = None if members[0].dtype == torch.float32 else torch.float32
+                    values.append(torch.stack(torch._foreach_norm(members, 2, dtype=dtype)))
+                for rows in plan.rows:
+                    values.append(rows.values(tensors, squares))
+                # Gradients are read first to last (backward wrote the first layers' last); weights, read right
+                # after the optimizer wrote them first to last, last to first: the most recently written are
+                # still cached.
+                if plan.single:
+                    order = plan.single if squares else plan.single[::-1]
+                    large = [_sum(tensors[i].reshape(-1), squares) for i in order]
+                    # (one stack of the 0-d results instead of a reshape of each: an op less per tensor)
+                    values.append(torch.stack(large if squares else large[::-1]))
+                vector = torch.cat(values) if len(values) > 1 else values[0]
+                if vector.dtype != torch.float32:
+                    vector = vector.float()
+                readings.append(Reading(vector, plan.positions, plan.norms, squares))
+            return readings
         finally:
             torch._C._set_grad_enabled(grad)
 
-    def _probe(self, tensors: Sequence[torch.Tensor], squares: bool) -> list[Reading]:
-        readings = []
-        for plan in self.devices:
-            values: list[torch.Tensor] = []
-            for positions in plan.foreach:
-                members = [tensors[i] for i in positions]
-                dtype = None if members[0].dtype == torch.float32 else torch.float32
-                values.append(torch.stack(torch._foreach_norm(members, 2, dtype=dtype)))
-            for rows in plan.rows:
-                values.append(rows.values(tensors, squares))
-            # Gradients are read first to last (backward wrote the first layers' last); weights, read right after
-            # the optimizer wrote them first to last, last to first: the most recently written are still cached.
-            order = plan.single if squares else plan.single[::-1]
-            large = [_sum(tensors[i].reshape(-1), squares) for i in order]
-            values += large if squares else large[::-1]
-            vector = torch.cat(values) if len(values) > 1 else values[0]
-            if vector.dtype != torch.float32:
-                vector = vector.float()
-            readings.append(Reading(vector, plan.positions, plan.norms, squares))
-        return readings
-
 
 def _sum(flat: torch.Tensor, squares: bool) -> torch.Tensor:
-    return (torch.dot(flat, flat) if squares else flat.sum()).reshape(1)
+    return torch.dot(flat, flat) if squares else flat.sum()
 
 
 class Prober:

@@ -16,9 +16,10 @@ after DDP's all-reduce are identical everywhere and name no rank; FSDP2's reduce
 
 from __future__ import annotations
 
+import functools
 import gc
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,6 +204,12 @@ def _wrappers(wanted: set[int]) -> list[nn.Module]:
 
 
 def _initialized() -> bool:
+    return _is_initialized()()
+
+
+@functools.cache
+def _is_initialized() -> Callable[[], bool]:
+    """``torch.distributed.is_initialized`` where torch has it (asked every step: resolved once)."""
     import torch.distributed as dist
 
-    return dist.is_available() and dist.is_initialized()
+    return dist.is_initialized if dist.is_available() else lambda: False

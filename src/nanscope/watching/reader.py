@@ -9,6 +9,7 @@ and never waits for the device. ``eager=True`` reads at once instead (a sync per
 
 from __future__ import annotations
 
+import operator
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,6 +19,7 @@ import torch
 __all__ = ["DeviceReader"]
 
 Callback = Callable[[list[torch.Tensor]], None]
+_IS_CPU = operator.attrgetter("is_cpu")  # (C-level: no Python frame per tensor)
 _AUTO_COMMIT = 64  # deferred values: commit even if no step comes (e.g. a GradScaler skipping steps)
 
 
@@ -30,7 +32,7 @@ class DeviceReader:
 
     def submit(self, tensors: Sequence[torch.Tensor], callback: Callback) -> None:
         """Run ``callback(host_tensors)`` (1-D float32 on an accelerator) once the values are on the host."""
-        if all(t.is_cpu for t in tensors):  # (is_cpu: t.device builds a device object, ~10x the time)
+        if all(map(_IS_CPU, tensors)):  # (is_cpu: t.device builds a device object, ~10x the time)
             callback(list(tensors))
         elif self.eager:
             callback([t.cpu() for t in tensors])

@@ -26,7 +26,7 @@ __all__ = ["Iteration", "WatchedOptimizer"]
 _PARAMS = operator.itemgetter("params")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Iteration:
     """What one training iteration saw; released once its values are read."""
 
@@ -74,7 +74,7 @@ class Iteration:
             self.model_call = self.first_call = None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class WatchedOptimizer:
     optimizer: weakref.ref[torch.optim.Optimizer]
     index: int
