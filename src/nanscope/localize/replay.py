@@ -86,8 +86,8 @@ def _memory_reader() -> Callable[[random.Random], bytes] | None:
     (C calls only, ~0.5 us) instead of ``getstate()``'s tuple of 625 ints (~9 us, the largest single cost of
     capturing the streams at every step). Only where a self-check on a private generator finds CPython's
     layout (``{PyObject_HEAD; int index; uint32_t state[624]}``); None elsewhere (``getstate()`` then)."""
-    if sys.implementation.name != "cpython":
-        return None
+    if sys.implementation.name != "cpython" or not getattr(sys, "_is_gil_enabled", lambda: True)():
+        return None  # (without the GIL a draw in another thread could change the words during the copy)
     offset = object.__basicsize__
     if random.Random.__basicsize__ < offset + _LAYOUT.size:  # never read past the object
         return None
