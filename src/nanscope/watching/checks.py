@@ -31,7 +31,7 @@ from nanscope.watching.state import Iteration, WatchedOptimizer
 __all__ = ["LayerNorms", "StepChecks", "Trip"]
 
 _LAYER_WINDOW = 32
-_GRAD, _VECTOR = operator.attrgetter("grad"), operator.attrgetter("vector")
+_GRAD, _VECTOR, _SECOND = operator.attrgetter("grad"), operator.attrgetter("vector"), operator.itemgetter(1)
 
 #: One gradient read: the parameters, their probe layout and the values read.
 LayerNorms = tuple[list[torch.Tensor], list[Reading], list[list[float]]]
@@ -252,22 +252,23 @@ class StepChecks:
         if not named:
             return
         self.reader.poll()
-        tensors = [t for _, t in named]
+        tensors = list(map(_SECOND, named))
         readings = self._prober.probe(-1, tensors, tensors, squares=False)
         it.pending += 1
         self.reader.submit(
-            [r.vector for r in readings], functools.partial(self._buffers_ready, it, named, readings)
+            list(map(_VECTOR, readings)), functools.partial(self._buffers_ready, it, named, tensors, readings)
         )
 
     def _buffers_ready(
         self,
         it: Iteration,
         named: list[tuple[str, torch.Tensor]],
+        tensors: list[torch.Tensor],
         readings: list[Reading],
         hosts: list[torch.Tensor],
     ) -> None:
         it.pending -= 1
-        bad = self._confirm([t for _, t in named], lambda i: named[i][0], readings, hosts)
+        bad = self._confirm(tensors, lambda i: named[i][0], readings, hosts)
         if bad:
             it.bad_buffers_at_start = tuple(bad)
             self._on_trip(it, Trip("parameters", tuple(bad)))
@@ -295,6 +296,8 @@ class StepChecks:
     ) -> list[str]:
         """Names of the tensors that really hold NaN/Inf among those whose probe value is non-finite."""
         suspects = [i for r, h in zip(readings, hosts, strict=True) for i in r.suspects(h.tolist())]
+        if not suspects:  # (every healthy read)
+            return []
         return nonfinite_names((name(i), tensors[i]) for i in sorted(suspects))
 
 
