@@ -285,13 +285,7 @@ class Recoverer:
     def iteration_done(self, step: int) -> None:
         """A step completed (all optimizers stepped): relax the back-off, take a snapshot when one is due."""
         cooldown = self._policy.rollback.cooldown
-        # (the common case, no back-off in force, stops at its second test)
-        if (
-            cooldown is not None
-            and self._backoff < 1.0
-            and self._can_relax()
-            and step - self._calm_since >= cooldown
-        ):
+        if cooldown is not None and self._can_relax() and step - self._calm_since >= cooldown:
             self._backoff = min(1.0, 2 * self._backoff)
             self._relaxed = True
             self._calm_since = step

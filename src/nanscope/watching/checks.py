@@ -136,10 +136,7 @@ class StepChecks:
     ) -> None:
         it.pending -= 1
         values = list(map(torch.Tensor.tolist, hosts))
-        if len(readings) == 1:  # (one device: the common case, on the hot path)
-            sq = readings[0].sum_of_squares(values[0])
-        else:
-            sq = math.fsum(r.sum_of_squares(v) for r, v in zip(readings, values, strict=True))
+        sq = math.fsum(map(Reading.sum_of_squares, readings, values))  # (one value per device; C-level)
         self.layer_norms.append((params, readings, values))
         if not math.isfinite(sq):
             index = watched.index if watched is not None else 0

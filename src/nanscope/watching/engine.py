@@ -375,7 +375,7 @@ class Engine:
         self.reader.commit()  # one device-to-host copy per step for everything this step submitted
         before = self.step()
         w.steps += 1
-        self._step = w.steps if len(self.watched) == 1 else None  # (else recounted over the optimizers)
+        self._step = None
         if self.step() > before:
             self._finish(applied=True)
 

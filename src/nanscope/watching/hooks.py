@@ -91,15 +91,16 @@ class Hooks:
     # ------------------------------------------------------------------ the hook functions
     def pre_step(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
         # torch hands the pre-hook step's own args, the optimizer first: (opt, closure?, ...)
-        closure = kwargs.get("closure") if kwargs else None
-        if closure is None and len(args) > 1:
-            closure = args[1]
+        closure = kwargs.get("closure")
+        by_name = callable(closure)
+        if not by_name:
+            closure = args[1] if len(args) > 1 else None
         if not callable(closure):
             self._events.before_update(opt)  # (which does nothing unless the watcher is live)
             return None
         if not self._live():
             return None
-        if callable(kwargs.get("closure")):
+        if by_name:
             return args, {**kwargs, "closure": self._wrap(opt, closure)}
         return (args[0], self._wrap(opt, closure), *args[2:]), kwargs
 

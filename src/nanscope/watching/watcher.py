@@ -44,9 +44,6 @@ class WatcherState(enum.Enum):
     CLOSED = "closed"
 
 
-_OPEN_STATE = WatcherState.OPEN
-
-
 def _optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
     if optimizer is None:
         return []
@@ -67,7 +64,7 @@ def _event(name: str, default: Any = None) -> Callable[..., Any]:
 
     def guarded(self: _Guarded, *args: Any) -> Any:
         w = self._w
-        if w._state is not _OPEN_STATE or w._engine.triage.reruns.replaying:
+        if w._state is not WatcherState.OPEN or w._engine.triage.reruns.replaying:  # (Watcher._live, inlined)
             return default
         try:
             return getattr(w._engine, name)(*args)
