@@ -14,7 +14,7 @@ import workloads  # noqa: E402
 
 
 def test_ops_and_python_calls_per_step_are_flat_in_the_tensor_count():
-    """Measured (``bench/hot_path.py``): 16 and 8 ops, 231 and 220 calls per step at 10 and at 1000 tensors
+    """Measured (``bench/hot_path.py``): 16 and 8 ops, 236 and 224 calls per step at 10 and at 1000 tensors
     (the counter's own frames left out); with the per-tensor generator of the gradient norms' sum of squares
     that this test caught, 1,364 calls at 1000 tensors against 396 at 10 (counted with those frames)."""
     cpu = torch.device("cpu")
