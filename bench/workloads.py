@@ -184,4 +184,21 @@ def split_mlp(device: torch.device, tensors: int, params: float = 1e6, batch: in
     )
 
 
+def grouped_mlp(device: torch.device, groups: int, tensors: int = 64) -> Workload:
+    """``split_mlp``'s model under AdamW with its tensors spread over ``groups`` param groups, each with a
+    learning rate of its own and every other group without weight decay (layer-wise learning rates)."""
+    w = split_mlp(device, tensors)
+    params = list(w.model.parameters())
+    size = -(-len(params) // groups)
+    parts = [
+        {
+            "params": params[i : i + size],
+            "lr": 1e-4 * (1 + i / len(params)),
+            "weight_decay": 0.01 * (i // size % 2),
+        }
+        for i in range(0, len(params), size)
+    ]
+    return Workload(f"groups_{len(parts)}", w.model, torch.optim.AdamW(parts), w.loader, w.loss, device)
+
+
 STANDARD = {"mlp": mlp, "cnn": cnn, "transformer": transformer, "many_tensors": many_tensors}

@@ -28,12 +28,17 @@ ADAM_CONFIGS = [
 ]
 
 
-def _steps(optimizer_cls, config, steps=60, scale=1.0, seed=0):
+def _steps(optimizer_cls, config, steps=60, scale=1.0, seed=0, groups=None):
     """Train a small model with ``optimizer_cls(**config)`` on gradients of size ``scale``; after each update,
-    the bound advanced from the previous one (or anchored from an exact read) and the true maxima."""
+    the bound advanced from the previous one (or anchored from an exact read) and the true maxima. ``groups``:
+    one param group per tensor, each with its entries of the list's dicts (cycled) over ``config``."""
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
-    opt = optimizer_cls(model.parameters(), **config)
+    if groups:
+        parts = [{"params": [p], **groups[i % len(groups)]} for i, p in enumerate(model.parameters())]
+        opt = optimizer_cls(parts, **config)
+    else:
+        opt = optimizer_cls(model.parameters(), **config)
     params = [p for g in opt.param_groups for p in g["params"]]
     x, y = torch.randn(32, 6), torch.randn(32, 3)
     bound = None
@@ -187,6 +192,9 @@ def _reads(optimizer, steps=250):
         lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
         lambda p: torch.optim.Adam(p, lr=1e-3),
         lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.01),
+        lambda p: torch.optim.AdamW(  # a learning rate and a weight decay per tensor
+            [{"params": [q], "lr": 1e-3 * (i + 1), "weight_decay": 0.01 * (i % 2)} for i, q in enumerate(p)]
+        ),
     ],
 )
 def test_a_watched_run_reads_the_weights_at_the_first_update_and_every_reread_after(optimizer):
@@ -236,6 +244,53 @@ def test_an_update_that_overflows_after_proven_ones_is_caught_at_its_step():
     report = info.value.report
     assert report.cause.kind == "optimizer_update"
     assert report.first_nonfinite.step == 5
+
+
+def _advanced(opt, params, norms=(2.0, 1.0), state=(3.0,)):
+    bound = proof.anchor(opt, params, 0, list(norms), list(state))
+    return proof.advance(bound, opt, params, 1, 1.0)
+
+
+def test_groups_that_differ_in_learning_rate_only_are_bound_exactly_as_one_group_at_the_largest():
+    model = nn.Linear(3, 2)
+    params = list(model.parameters())
+    for cls, config in [
+        (torch.optim.SGD, dict(momentum=0.9, weight_decay=0.5)),
+        (torch.optim.AdamW, dict(betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1)),
+        (torch.optim.Adam, dict(weight_decay=0.1)),
+    ]:
+        grouped = cls([{"params": [params[0]], "lr": 0.1}, {"params": [params[1]], "lr": -0.3}], **config)
+        one = cls(params, lr=0.3, **config)
+        a, b = _advanced(grouped, params), _advanced(one, params)
+        assert (a.weights, a.state) == (b.weights, b.state), cls
+
+
+def test_groups_that_differ_in_the_rest_are_bound_by_the_worst_of_them():
+    model = nn.Linear(3, 2)
+    params = list(model.parameters())
+    configs = [dict(weight_decay=0.1, betas=(0.9, 0.99)), dict(weight_decay=0.0, betas=[0.5, 0.9], eps=1e-12)]
+    grouped = torch.optim.Adam([{"params": [p], **c} for p, c in zip(params, configs, strict=True)], lr=0.01)
+    each = [_advanced(torch.optim.Adam(params, lr=0.01, **c), params) for c in configs]
+    both = _advanced(grouped, params)  # (betas as a list in one group: compared, not hashed)
+    assert both.weights == max(b.weights for b in each) and both.state == max(b.state for b in each)
+
+
+def test_random_grouped_configs_never_prove_a_non_finite_update():
+    rng = random.Random(1)
+    proven = overflowed = 0
+    for trial in range(12):
+        cls = rng.choice([torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW])
+        groups = [
+            dict(lr=10 ** rng.uniform(-4, 6), weight_decay=rng.choice([0.0, 0.1, 5.0])) for _ in range(3)
+        ]
+        config = dict(momentum=0.9) if cls is torch.optim.SGD else dict(eps=10 ** rng.uniform(-30, -2))
+        results = _steps(cls, config, steps=30, scale=10 ** rng.uniform(0, 12), seed=trial, groups=groups)
+        for step, bound, weights, state, finite in results:
+            overflowed += not finite
+            if bound is not None:
+                proven += 1
+                assert finite and weights <= bound.weights and state <= bound.state, (trial, step, groups)
+    assert proven > 50 and overflowed > 50  # (both kinds of run drawn: 98 proven, 163 overflowed)
 
 
 def test_random_configs_never_prove_a_non_finite_update():

@@ -180,6 +180,8 @@ class StepChecks:
         if watched.index == 0:
             lr = opt.param_groups[0].get("lr") if opt.param_groups else None
             it.lr = float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None
+        if watched.groups.finite(opt.param_groups):  # (the common case, at a cost flat in the groups)
+            return
         bad = nonfinite_hyperparameters(opt.param_groups, watched.index, host_only=True)
         if bad:
             self._on_trip(it, Trip("hyperparameters", tuple(h.name for h in bad), hyperparameters=tuple(bad)))

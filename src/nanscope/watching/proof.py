@@ -32,6 +32,12 @@ after a rollback, after the optimizer's state or param groups are replaced, and 
 another optimizer class (a subclass too), float16 weights, a tensor learning rate on an accelerator, gradients
 not read at the update (a GPU without ``eager``: their values arrive later).
 
+The groups are read column by column (``operator.itemgetter`` mapped over them: C-level), so the proof costs the
+same for one param group as for fifty (a learning rate per layer): the bounds are computed once per distinct
+set of the other hyperparameters, with the largest learning rate of all the groups. That is exact where the
+groups differ only in their learning rates or only in the rest (a weight decay per group) and an upper bound
+otherwise, since every bound grows with the learning rate.
+
 What the skip gives up is seeing, right after the update, a weight that code outside the optimizer made
 non-finite (a checkpoint loaded into the model mid-run, a bit flip): the loss of the next step that uses it
 shows it (the triage then finds the weight non-finite before that step), or the next re-anchoring read.
@@ -40,7 +46,8 @@ shows it (the triage then finds the weight non-finite before that step), or the 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import operator
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -55,6 +62,15 @@ _MARGIN = 1.01  # the gradient norm as read (float32 reductions) may round below
 _DTYPES = (torch.float32, torch.bfloat16, torch.float64)
 _KINDS: Mapping[type, str] = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam", torch.optim.AdamW: "adamw"}
 _MOMENT = {"sgd": "momentum_buffer", "adam": "exp_avg", "adamw": "exp_avg"}
+# the hyperparameters besides the learning rate that an update's bound depends on, per kind
+_KEYS = {
+    "sgd": ("weight_decay", "momentum", "dampening", "nesterov"),
+    "adam": ("weight_decay", "betas", "eps", "decoupled_weight_decay"),
+    "adamw": ("weight_decay", "betas", "eps", "decoupled_weight_decay"),
+}
+_LR = operator.itemgetter("lr")
+_BETAS = operator.methodcaller("get", "betas")
+_PLAIN = frozenset({float, int})
 
 
 class Bound(NamedTuple):
@@ -69,9 +85,11 @@ class Bound(NamedTuple):
     update: int  # the optimizer's update count the bounds hold after
     since: int  # updates proven since the read
     read_state: float  # the state's bound at the read
-    betas: tuple[tuple[float, float] | None, ...]  # each param group's (Adam) betas at the read
+    betas: tuple[object, ...]  # each param group's betas at the read, as the group holds them (SGD: None)
     params: Sequence[torch.Tensor]  # the parameter list the read covered (compared by identity)
     optimizer_state: object  # the optimizer's state mapping at the read (load_state_dict replaces it)
+    keys: tuple[str, ...]  # the hyperparameters besides the learning rate the groups had at the read
+    columns: Callable[[Mapping[str, Any]], tuple[Any, ...]]  # a group's values of ``keys`` (an itemgetter)
 
 
 def first_moments(
@@ -101,8 +119,13 @@ def anchor(
     state = max(state_norms, default=0.0)
     if kind is None or not (weights < _LIMIT and state < _LIMIT):  # (NaN fails too)
         return None
-    betas = tuple(_betas(group) for group in optimizer.param_groups)
-    return Bound(kind, weights, state, update, 0, state, betas, params, optimizer.state)
+    groups = optimizer.param_groups
+    betas = tuple(map(_BETAS, groups))
+    keys = tuple(k for k in _KEYS[kind] if groups and k in groups[0])
+    if len(keys) < 2:  # (torch's SGD, Adam and AdamW fill in all of them: some were removed from the group)
+        return None
+    columns = operator.itemgetter(*keys)
+    return Bound(kind, weights, state, update, 0, state, betas, params, optimizer.state, keys, columns)
 
 
 def advance(
@@ -123,12 +146,21 @@ def advance(
         or optimizer.state is not bound.optimizer_state
     ):
         return None
+    groups = optimizer.param_groups
+    if len(groups) != len(bound.betas):
+        return None
+    try:  # (C-level maps over the groups: the same cost for any number of them)
+        lr = _largest(list(map(_LR, groups)))
+        rows = list(map(bound.columns, groups))
+    except KeyError:  # a hyperparameter was removed from a group since the read
+        return None
+    if lr is None:
+        return None
+    steady = tuple(map(_BETAS, groups)) == bound.betas  # no group's betas changed since the read
     grad = grad_norm * _MARGIN
     weights = state = 0.0
-    if len(optimizer.param_groups) != len(bound.betas):
-        return None
-    for group, betas in zip(optimizer.param_groups, bound.betas, strict=True):
-        step = _group(bound, group, grad, betas)
+    for row in _distinct(rows):
+        step = _group(bound, dict(zip(bound.keys, row, strict=True)), lr, grad, steady)
         if step is None:
             return None
         weights, state = max(weights, step[0]), max(state, step[1])
@@ -136,18 +168,49 @@ def advance(
         return None
     b = bound
     return Bound(
-        b.kind, weights, state, update, b.since + 1, b.read_state, b.betas, b.params, b.optimizer_state
+        b.kind,
+        weights,
+        state,
+        update,
+        b.since + 1,
+        b.read_state,
+        b.betas,
+        b.params,
+        b.optimizer_state,
+        b.keys,
+        b.columns,
     )
 
 
-def _group(
-    bound: Bound, group: Mapping[str, Any], grad: float, read_betas: tuple[float, float] | None
-) -> tuple[float, float] | None:
-    """``(weights, state)`` bounds after this group's update, or None when a premise fails."""
-    lr, wd = _number(group.get("lr")), _number(group.get("weight_decay", 0.0))
-    if lr is None or wd is None:
+def _largest(values: list[Any]) -> float | None:
+    """The largest magnitude among finite host numbers, or None where one is not (C-level for plain
+    numbers)."""
+    if not set(map(type, values)) <= _PLAIN:
+        values = list(map(_number, values))  # a CPU tensor's one value is read, an accelerator's is not
+        if None in values:
+            return None
+    elif not all(map(math.isfinite, values)):
         return None
-    lr, wd = abs(lr), abs(wd)
+    return float(max(map(abs, values), default=0.0))
+
+
+def _distinct(rows: list[Any]) -> Sequence[Any]:
+    """The distinct rows of hyperparameters (usually one or two, however many groups)."""
+    try:
+        return list(dict.fromkeys(rows))
+    except TypeError:  # an unhashable value (betas given as a list): compared one by one
+        return [row for i, row in enumerate(rows) if row not in rows[:i]]
+
+
+def _group(
+    bound: Bound, group: Mapping[str, Any], lr: float, grad: float, steady: bool
+) -> tuple[float, float] | None:
+    """``(weights, state)`` bounds after the update of groups with these hyperparameters and a learning rate
+    of at most ``lr``, or None when a premise fails; ``steady``: their betas are those of the read."""
+    wd = _number(group.get("weight_decay", 0.0))
+    if wd is None:
+        return None
+    wd = abs(wd)
     if bound.kind == "sgd":
         mu, dampening = _number(group.get("momentum", 0.0)), _number(group.get("dampening", 0.0))
         if mu is None or dampening is None or not 0.0 <= mu < 1.0:
@@ -170,7 +233,7 @@ def _group(
         g = grad if decoupled else grad + wd * bound.weights
         state = beta1 * bound.state + (1.0 - beta1) * g
         direction = state / ((1.0 - beta1) * eps)
-        if betas == read_betas and beta1 * beta1 < beta2:  # the Cauchy-Schwarz bound (module doc)
+        if steady and beta1 * beta1 < beta2:  # the Cauchy-Schwarz bound (module doc)
             k = bound.since + 1
             ratio = (1.0 - beta1) / math.sqrt((1.0 - beta1 * beta1 / beta2) * (1.0 - beta2))
             direction = min(direction, (beta1**k * bound.read_state / eps + ratio) / (1.0 - beta1))

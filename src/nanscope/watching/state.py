@@ -19,6 +19,7 @@ import torch
 from nanscope.localize.model_call import ModelCall
 from nanscope.localize.replay import RngState
 from nanscope.watching.batches import Drawn
+from nanscope.watching.param_groups import GroupReader
 from nanscope.watching.proof import Bound
 
 __all__ = ["Iteration", "WatchedOptimizer"]
@@ -83,6 +84,7 @@ class WatchedOptimizer:
     bad_before: tuple[str, ...] = ()
     readings: list[Any] = field(default_factory=list)  # the last gradient probe (for adaptive clipping)
     bound: Bound | None = None  # bounds proving its updates finite since the last read of the weights
+    groups: GroupReader = field(default_factory=GroupReader)  # its param groups' numbers, checked each step
 
     _params: list[torch.Tensor] = field(default_factory=list)
     _layout: tuple[int, ...] = ()  # param-group sizes the cached list was built from
