@@ -10,7 +10,8 @@ shown apart from the rest (the host's bookkeeping), with the bytes those reads c
 counts 20 steps after 3 warm-up steps, in a watcher of its own: the read of the weights at every 100th update
 that proven updates leave (``nanscope/watching/proof.py``) falls outside them (amortized, a hundredth of one
 weight read per step). One row per workload: the four CPU benchmark workloads, the 1e5 / 1e6-parameter
-scaling rows and 10 / 100 / 1000 parameter tensors at 1e6 parameters.
+scaling rows, 10 / 100 / 1000 parameter tensors at 1e6 parameters and 1 / 32 AdamW param groups (64 tensors,
+a learning rate per group, every other group without weight decay).
 
 With ``--device cuda`` (on a GPU machine: ``python bench/hot_path.py --device cuda --out
 docs/performance-hot-path-cuda.md``) the times are the host's (kernel launches included; the GPU's work runs
@@ -188,6 +189,8 @@ def rows(device: torch.device) -> Iterator[Row]:
     if device.type == "cpu":
         for n in (10, 100, 1000):
             yield measure(workloads.split_mlp(device, n))
+        for g in (1, 32):
+            yield measure(workloads.grouped_mlp(device, g))
     else:
         yield measure(workloads.gpt2_small(device))
 

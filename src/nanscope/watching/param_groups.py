@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -29,14 +29,11 @@ _FLAGS = frozenset({bool, str, type(None)})
 Groups = Sequence[Mapping[str, Any]]
 
 
-def _getter(keys: tuple[str, ...]) -> Callable[[Groups], Iterable[Any]]:
-    """The values of ``keys`` in every group, in one flat iterable (C-level maps)."""
-    if not keys:
-        return lambda groups: ()
-    if len(keys) == 1:
-        return lambda groups: map(operator.itemgetter(keys[0]), groups)
-    get = operator.itemgetter(*keys)  # (a tuple per group)
-    return lambda groups: chain.from_iterable(map(get, groups))
+def _row(keys: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """A group's values of ``keys``, as a tuple."""
+    if len(keys) > 1:
+        return operator.itemgetter(*keys)
+    return lambda group: tuple(group[k] for k in keys)  # (itemgetter of one key gives the bare value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,24 +41,23 @@ class Columns:
     """Which keys of the param groups hold what, the same in every group."""
 
     widths: tuple[int, ...]  # each group's number of keys, "params" included
-    numbers: tuple[str, ...]
-    pairs: tuple[str, ...]
-    flags: tuple[str, ...]
-    others: tuple[str, ...]  # anything else: the element-wise scan every step
-    _numbers: Callable[[Groups], Iterable[Any]]
-    _pairs: Callable[[Groups], Iterable[Any]]
-    _flags: Callable[[Groups], Iterable[Any]]
+    keys: tuple[str, ...]  # the keys holding numbers, then those holding pairs, then those holding flags
+    numbers: int  # how many of ``keys`` hold numbers
+    pairs: int  # ... and pairs
+    others: tuple[str, ...]  # the keys holding anything else: the element-wise scan every step
+    row: Callable[[Mapping[str, Any]], tuple[Any, ...]]  # a group's values of ``keys``
 
     @staticmethod
     def of(groups: Groups) -> Columns:
         widths = tuple(map(len, groups))
-        keys = [k for k in (groups[0] if groups else ()) if k != "params"]
         if any(g.keys() != groups[0].keys() for g in groups):  # groups with different keys: always scanned
-            return Columns(widths, (), (), (), ("*",), _getter(()), _getter(()), _getter(()))
+            return Columns(widths, (), 0, 0, ("*",), _row(()))
         numbers, pairs, flags, others = [], [], [], []
-        for key in keys:
+        for key in groups[0] if groups else ():
             values = [g[key] for g in groups]
             kinds = set(map(type, values))
+            if key == "params":
+                continue
             if kinds <= _NUMBERS:
                 numbers.append(key)
             elif kinds <= _FLAGS:
@@ -70,28 +66,26 @@ class Columns:
                 pairs.append(key)
             else:
                 others.append(key)
-        return Columns(
-            widths,
-            tuple(numbers),
-            tuple(pairs),
-            tuple(flags),
-            tuple(others),
-            _getter(tuple(numbers)),
-            _getter(tuple(pairs)),
-            _getter(tuple(flags)),
-        )
+        keys = (*numbers, *pairs, *flags)
+        return Columns(widths, keys, len(numbers), len(pairs), tuple(others), _row(keys))
 
     def finite(self, groups: Groups) -> bool | None:
         """True: every number in the groups is finite; False: some value needs the element-wise scan (a
         non-finite number, a key holding something else); None: the groups no longer fit these columns."""
         if tuple(map(len, groups)) != self.widths:
             return None
+        n, p = self.numbers, self.numbers + self.pairs
         try:
-            numbers = list(chain(self._numbers(groups), chain.from_iterable(self._pairs(groups))))
-            kinds, flags = set(map(type, numbers)), set(map(type, self._flags(groups)))
+            columns = list(zip(*map(self.row, groups), strict=True))  # (C-level: a tuple per key)
+            numbers = [
+                *chain.from_iterable(columns[:n]),
+                *chain.from_iterable(chain.from_iterable(columns[n:p])),
+            ]
         except (KeyError, TypeError):  # a key replaced by another, a pair by a number
             return None
-        if not (kinds <= _NUMBERS and flags <= _FLAGS):
+        if not (
+            set(map(type, numbers)) <= _NUMBERS and set(map(type, chain.from_iterable(columns[p:]))) <= _FLAGS
+        ):
             return None
         return not self.others and all(map(math.isfinite, numbers))
 
