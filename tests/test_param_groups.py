@@ -27,12 +27,17 @@ def _adamw(groups: int = 8) -> torch.optim.AdamW:
 
 def test_the_columns_sort_the_keys_by_what_every_group_holds():
     columns = Columns.of(_adamw().param_groups)
-    n, p = columns.numbers, columns.numbers + columns.pairs
-    assert set(columns.keys[:n]) == {"lr", "eps", "weight_decay"}
-    assert columns.keys[n:p] == ("betas",)
-    assert set(columns.keys[p:]) >= {"amsgrad", "maximize", "foreach", "fused"}
+    assert set(columns.numbers) == {"lr", "eps", "weight_decay"}
+    assert columns.pairs == ("betas",)
+    assert set(columns.flags) >= {"amsgrad", "maximize", "foreach", "fused"}
     assert columns.others == ()
     assert columns.finite(_adamw().param_groups) is True
+    sgd = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1, momentum=0.9).param_groups
+    columns = Columns.of(sgd)
+    assert set(columns.numbers) == {"lr", "momentum", "dampening", "weight_decay"} and columns.pairs == ()
+    assert columns.finite(sgd) is True
+    sgd[0]["momentum"] = float("nan")
+    assert columns.finite(sgd) is False
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,8 @@ as does a number that is not finite (the scan names it).
 
 from __future__ import annotations
 
-import math
 import operator
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -29,11 +28,10 @@ _FLAGS = frozenset({bool, str, type(None)})
 Groups = Sequence[Mapping[str, Any]]
 
 
-def _row(keys: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
-    """A group's values of ``keys``, as a tuple."""
-    if len(keys) > 1:
-        return operator.itemgetter(*keys)
-    return lambda group: tuple(group[k] for k in keys)  # (itemgetter of one key gives the bare value)
+def _getter(keys: list[str]) -> Callable[[Mapping[str, Any]], Any]:
+    """A group's values of ``keys``: a tuple for several keys, the bare value for one (``len`` for none: never
+    called, the groups are not read for it)."""
+    return operator.itemgetter(*keys) if keys else len
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,23 +39,24 @@ class Columns:
     """Which keys of the param groups hold what, the same in every group."""
 
     widths: tuple[int, ...]  # each group's number of keys, "params" included
-    keys: tuple[str, ...]  # the keys holding numbers, then those holding pairs, then those holding flags
-    numbers: int  # how many of ``keys`` hold numbers
-    pairs: int  # ... and pairs
-    others: tuple[str, ...]  # the keys holding anything else: the element-wise scan every step
-    row: Callable[[Mapping[str, Any]], tuple[Any, ...]]  # a group's values of ``keys``
+    numbers: tuple[str, ...]
+    pairs: tuple[str, ...]
+    flags: tuple[str, ...]
+    others: tuple[str, ...]  # anything else: the element-wise scan every step
+    _get: tuple[Callable[[Mapping[str, Any]], Any], ...]  # the getters of numbers, pairs and flags
+    _many: tuple[bool, ...]  # whether each getter gives a tuple (several keys)
 
     @staticmethod
     def of(groups: Groups) -> Columns:
         widths = tuple(map(len, groups))
         if any(g.keys() != groups[0].keys() for g in groups):  # groups with different keys: always scanned
-            return Columns(widths, (), 0, 0, ("*",), _row(()))
+            return Columns(widths, (), (), (), ("*",), (len, len, len), (False, False, False))
         numbers, pairs, flags, others = [], [], [], []
         for key in groups[0] if groups else ():
-            values = [g[key] for g in groups]
-            kinds = set(map(type, values))
             if key == "params":
                 continue
+            values = [g[key] for g in groups]
+            kinds = set(map(type, values))
             if kinds <= _NUMBERS:
                 numbers.append(key)
             elif kinds <= _FLAGS:
@@ -66,28 +65,42 @@ class Columns:
                 pairs.append(key)
             else:
                 others.append(key)
-        keys = (*numbers, *pairs, *flags)
-        return Columns(widths, keys, len(numbers), len(pairs), tuple(others), _row(keys))
+        kept = (numbers, pairs, flags)
+        return Columns(
+            widths,
+            tuple(numbers),
+            tuple(pairs),
+            tuple(flags),
+            tuple(others),
+            tuple(map(_getter, kept)),
+            tuple(len(keys) > 1 for keys in kept),
+        )
 
     def finite(self, groups: Groups) -> bool | None:
         """True: every number in the groups is finite; False: some value needs the element-wise scan (a
         non-finite number, a key holding something else); None: the groups no longer fit these columns."""
         if tuple(map(len, groups)) != self.widths:
             return None
-        n, p = self.numbers, self.numbers + self.pairs
-        try:
-            columns = list(zip(*map(self.row, groups), strict=True))  # (C-level: a tuple per key)
-            numbers = [
-                *chain.from_iterable(columns[:n]),
-                *chain.from_iterable(chain.from_iterable(columns[n:p])),
-            ]
-        except (KeyError, TypeError):  # a key replaced by another, a pair by a number
+        (get_numbers, get_pairs, get_flags), (many_numbers, many_pairs, many_flags) = self._get, self._many
+        try:  # (C-level maps over the groups, written out: a helper would be a Python call each)
+            numbers: Iterator[Any] = map(get_numbers, groups if self.numbers else ())
+            if many_numbers:
+                numbers = chain.from_iterable(numbers)
+            elements = chain.from_iterable(map(get_pairs, groups if self.pairs else ()))
+            if many_pairs:
+                elements = chain.from_iterable(elements)
+            flags: Iterator[Any] = map(get_flags, groups if self.flags else ())
+            if many_flags:
+                flags = chain.from_iterable(flags)
+            # one sum over every number: NaN or Inf anywhere makes it non-finite (and so does an overflow of
+            # finite numbers near 1e308, which only sends the groups to the scan)
+            total = sum(chain(numbers, elements), 0.0)
+            kinds = set(map(type, flags))
+        except (KeyError, TypeError):  # a key replaced by another, a number by a string, a pair by a number
             return None
-        if not (
-            set(map(type, numbers)) <= _NUMBERS and set(map(type, chain.from_iterable(columns[p:]))) <= _FLAGS
-        ):
+        if type(total) is not float or not kinds <= _FLAGS:  # (a tensor in a column of numbers: the scan)
             return None
-        return not self.others and all(map(math.isfinite, numbers))
+        return not self.others and total - total == 0.0  # (inf - inf and nan - nan are nan)
 
 
 class GroupReader:

@@ -47,7 +47,8 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import chain
 from typing import Any, NamedTuple
 
 import torch
@@ -69,7 +70,6 @@ _KEYS = {
     "adamw": ("weight_decay", "betas", "eps", "decoupled_weight_decay"),
 }
 _LR = operator.itemgetter("lr")
-_BETAS = operator.methodcaller("get", "betas")
 _PLAIN = frozenset({float, int})
 
 
@@ -85,11 +85,11 @@ class Bound(NamedTuple):
     update: int  # the optimizer's update count the bounds hold after
     since: int  # updates proven since the read
     read_state: float  # the state's bound at the read
-    betas: tuple[object, ...]  # each param group's betas at the read, as the group holds them (SGD: None)
+    rows: tuple[tuple[Any, ...], ...]  # each param group's ``columns`` at the read
     params: Sequence[torch.Tensor]  # the parameter list the read covered (compared by identity)
     optimizer_state: object  # the optimizer's state mapping at the read (load_state_dict replaces it)
-    keys: tuple[str, ...]  # the hyperparameters besides the learning rate the groups had at the read
-    columns: Callable[[Mapping[str, Any]], tuple[Any, ...]]  # a group's values of ``keys`` (an itemgetter)
+    # a group's hyperparameters besides the learning rate (those the groups had at the read; an itemgetter)
+    columns: Callable[[Mapping[str, Any]], tuple[Any, ...]]
 
 
 def first_moments(
@@ -120,12 +120,12 @@ def anchor(
     if kind is None or not (weights < _LIMIT and state < _LIMIT):  # (NaN fails too)
         return None
     groups = optimizer.param_groups
-    betas = tuple(map(_BETAS, groups))
     keys = tuple(k for k in _KEYS[kind] if groups and k in groups[0])
     if len(keys) < 2:  # (torch's SGD, Adam and AdamW fill in all of them: some were removed from the group)
         return None
     columns = operator.itemgetter(*keys)
-    return Bound(kind, weights, state, update, 0, state, betas, params, optimizer.state, keys, columns)
+    rows = tuple(map(columns, groups))
+    return Bound(kind, weights, state, update, 0, state, rows, params, optimizer.state, columns)
 
 
 def advance(
@@ -147,20 +147,22 @@ def advance(
     ):
         return None
     groups = optimizer.param_groups
-    if len(groups) != len(bound.betas):
-        return None
-    try:  # (C-level maps over the groups: the same cost for any number of them)
+    try:  # (C-level maps over the groups: the same number of calls for any number of them)
         lr = _largest(list(map(_LR, groups)))
-        rows = list(map(bound.columns, groups))
+        rows = tuple(map(bound.columns, groups))
     except KeyError:  # a hyperparameter was removed from a group since the read
         return None
-    if lr is None:
+    if lr is None or len(rows) != len(bound.rows):
         return None
-    steady = tuple(map(_BETAS, groups)) == bound.betas  # no group's betas changed since the read
+    # the groups' betas (and the rest) are the very values of the read: compared by identity, since ``==``
+    # on a tensor on the GPU (a tensor beta) would synchronize
+    steady = bound.kind != "sgd" and all(
+        map(operator.is_, chain.from_iterable(rows), chain.from_iterable(bound.rows))
+    )
     grad = grad_norm * _MARGIN
     weights = state = 0.0
-    for row in _distinct(rows):
-        step = _group(bound, dict(zip(bound.keys, row, strict=True)), lr, grad, steady)
+    for group in _representatives(rows, groups):
+        step = _group(bound, group, lr, grad, steady)
         if step is None:
             return None
         weights, state = max(weights, step[0]), max(state, step[1])
@@ -174,10 +176,9 @@ def advance(
         update,
         b.since + 1,
         b.read_state,
-        b.betas,
+        b.rows,
         b.params,
         b.optimizer_state,
-        b.keys,
         b.columns,
     )
 
@@ -185,28 +186,36 @@ def advance(
 def _largest(values: list[Any]) -> float | None:
     """The largest magnitude among finite host numbers, or None where one is not (C-level for plain
     numbers)."""
+    if not values:
+        return 0.0
     if not set(map(type, values)) <= _PLAIN:
         values = list(map(_number, values))  # a CPU tensor's one value is read, an accelerator's is not
         if None in values:
             return None
     elif not all(map(math.isfinite, values)):
         return None
-    return float(max(map(abs, values), default=0.0))
+    return float(max(map(abs, values)))
 
 
-def _distinct(rows: list[Any]) -> Sequence[Any]:
-    """The distinct rows of hyperparameters (usually one or two, however many groups)."""
-    try:
-        return list(dict.fromkeys(rows))
+def _representatives(
+    rows: tuple[Any, ...], groups: Sequence[Mapping[str, Any]]
+) -> Iterable[Mapping[str, Any]]:
+    """One group for each distinct row of the hyperparameters besides the learning rate (usually one or two,
+    however many groups)."""
+    if len(groups) == 1:
+        return groups
+    try:  # (hashed, not compared: a tensor hashes by identity)
+        return dict(zip(rows, groups, strict=True)).values()
     except TypeError:  # an unhashable value (betas given as a list): compared one by one
-        return [row for i, row in enumerate(rows) if row not in rows[:i]]
+        return [g for i, (row, g) in enumerate(zip(rows, groups, strict=True)) if row not in rows[:i]]
 
 
 def _group(
     bound: Bound, group: Mapping[str, Any], lr: float, grad: float, steady: bool
 ) -> tuple[float, float] | None:
-    """``(weights, state)`` bounds after the update of groups with these hyperparameters and a learning rate
-    of at most ``lr``, or None when a premise fails; ``steady``: their betas are those of the read."""
+    """``(weights, state)`` bounds after the update of the groups with ``group``'s hyperparameters besides the
+    learning rate and one of at most ``lr``, or None when a premise fails; ``steady``: the betas are the
+    read's."""
     wd = _number(group.get("weight_decay", 0.0))
     if wd is None:
         return None
