@@ -314,3 +314,25 @@ def test_random_configs_never_prove_a_non_finite_update():
                     config,
                     step,
                 )
+
+
+def test_tensor_hyperparameters_are_never_compared_by_value(monkeypatch):
+    """``==`` on a tensor beta gives a tensor whose truth value is read from the device (a host-device sync
+    per step on a GPU): the proof compares the groups' hyperparameters by identity and hashes them."""
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
+    opt = torch.optim.Adam(
+        [
+            {"params": m.parameters(), "betas": (torch.tensor(0.9), torch.tensor(0.999)), "weight_decay": wd}
+            for m, wd in zip(model, (0.0, 0.1), strict=True)
+        ],
+        lr=1e-3,
+    )
+    params = [p for g in opt.param_groups for p in g["params"]]
+    bound = proof.anchor(opt, params, 0, [1.0] * len(params), [0.0])
+
+    def refused(self):
+        raise AssertionError("a tensor hyperparameter's truth value was read")
+
+    monkeypatch.setattr(torch.Tensor, "__bool__", refused)
+    after = proof.advance(bound, opt, params, 1, 1.0)
+    assert after is not None and after.weights > bound.weights  # (CPU tensors: their values are read)
