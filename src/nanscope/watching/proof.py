@@ -47,8 +47,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from itertools import chain
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -85,7 +84,7 @@ class Bound(NamedTuple):
     update: int  # the optimizer's update count the bounds hold after
     since: int  # updates proven since the read
     read_state: float  # the state's bound at the read
-    rows: tuple[tuple[Any, ...], ...]  # each param group's ``columns`` at the read
+    read: Collection[tuple[Any, ...]]  # the param groups' ``columns`` at the read
     params: Sequence[torch.Tensor]  # the parameter list the read covered (compared by identity)
     optimizer_state: object  # the optimizer's state mapping at the read (load_state_dict replaces it)
     # a group's hyperparameters besides the learning rate (those the groups had at the read; an itemgetter)
@@ -125,7 +124,11 @@ def anchor(
         return None
     columns = operator.itemgetter(*keys)
     rows = tuple(map(columns, groups))
-    return Bound(kind, weights, state, update, 0, state, rows, params, optimizer.state, columns)
+    try:
+        read: Collection[tuple[Any, ...]] = frozenset(rows)
+    except TypeError:  # an unhashable value (betas given as a list)
+        read = rows
+    return Bound(kind, weights, state, update, 0, state, read, params, optimizer.state, columns)
 
 
 def advance(
@@ -146,23 +149,34 @@ def advance(
         or optimizer.state is not bound.optimizer_state
     ):
         return None
+    # (C-level maps over the groups: the same number of Python calls for any number of them; a group added
+    # since the read came with parameters, so ``params`` is another list)
     groups = optimizer.param_groups
-    try:  # (C-level maps over the groups: the same number of calls for any number of them)
-        lr = _largest(list(map(_LR, groups)))
-        rows = tuple(map(bound.columns, groups))
+    try:
+        lrs = list(map(_LR, groups))
+        rows = list(map(bound.columns, groups))
     except KeyError:  # a hyperparameter was removed from a group since the read
         return None
-    if lr is None or len(rows) != len(bound.rows):
-        return None
-    # the groups' betas (and the rest) are the very values of the read: compared by identity, since ``==``
-    # on a tensor on the GPU (a tensor beta) would synchronize
-    steady = bound.kind != "sgd" and all(
-        map(operator.is_, chain.from_iterable(rows), chain.from_iterable(bound.rows))
-    )
+    lr: float
+    if set(map(type, lrs)) <= _PLAIN and all(map(math.isfinite, lrs)):
+        lr = max(map(abs, lrs))
+    else:  # tensors (a CPU tensor's one value is read, an accelerator's is not) or a non-finite number
+        numbers = list(map(_number, lrs))
+        if None in numbers:
+            return None
+        lr = max(map(abs, numbers))  # type: ignore[arg-type]
+    alike: Iterable[tuple[tuple[Any, ...], Mapping[str, Any]]]
+    if len(rows) == 1:
+        alike = ((rows[0], groups[0]),)
+    else:  # one group per distinct row (hashed, not compared: ``==`` on a GPU tensor beta would synchronize)
+        try:
+            alike = dict(zip(rows, groups, strict=True)).items()
+        except TypeError:  # an unhashable value (betas given as a list): compared one by one
+            alike = [(r, g) for i, (r, g) in enumerate(zip(rows, groups, strict=True)) if r not in rows[:i]]
     grad = grad_norm * _MARGIN
     weights = state = 0.0
-    for group in _representatives(rows, groups):
-        step = _group(bound, group, lr, grad, steady)
+    for row, group in alike:
+        step = _group(bound, group, row, lr, grad)
         if step is None:
             return None
         weights, state = max(weights, step[0]), max(state, step[1])
@@ -176,46 +190,18 @@ def advance(
         update,
         b.since + 1,
         b.read_state,
-        b.rows,
+        b.read,
         b.params,
         b.optimizer_state,
         b.columns,
     )
 
 
-def _largest(values: list[Any]) -> float | None:
-    """The largest magnitude among finite host numbers, or None where one is not (C-level for plain
-    numbers)."""
-    if not values:
-        return 0.0
-    if not set(map(type, values)) <= _PLAIN:
-        values = list(map(_number, values))  # a CPU tensor's one value is read, an accelerator's is not
-        if None in values:
-            return None
-    elif not all(map(math.isfinite, values)):
-        return None
-    return float(max(map(abs, values)))
-
-
-def _representatives(
-    rows: tuple[Any, ...], groups: Sequence[Mapping[str, Any]]
-) -> Iterable[Mapping[str, Any]]:
-    """One group for each distinct row of the hyperparameters besides the learning rate (usually one or two,
-    however many groups)."""
-    if len(groups) == 1:
-        return groups
-    try:  # (hashed, not compared: a tensor hashes by identity)
-        return dict(zip(rows, groups, strict=True)).values()
-    except TypeError:  # an unhashable value (betas given as a list): compared one by one
-        return [g for i, (row, g) in enumerate(zip(rows, groups, strict=True)) if row not in rows[:i]]
-
-
 def _group(
-    bound: Bound, group: Mapping[str, Any], lr: float, grad: float, steady: bool
+    bound: Bound, group: Mapping[str, Any], row: tuple[Any, ...], lr: float, grad: float
 ) -> tuple[float, float] | None:
     """``(weights, state)`` bounds after the update of the groups with ``group``'s hyperparameters besides the
-    learning rate and one of at most ``lr``, or None when a premise fails; ``steady``: the betas are the
-    read's."""
+    learning rate (``row``) and one of at most ``lr``, or None when a premise fails."""
     wd = _number(group.get("weight_decay", 0.0))
     if wd is None:
         return None
@@ -242,7 +228,9 @@ def _group(
         g = grad if decoupled else grad + wd * bound.weights
         state = beta1 * bound.state + (1.0 - beta1) * g
         direction = state / ((1.0 - beta1) * eps)
-        if steady and beta1 * beta1 < beta2:  # the Cauchy-Schwarz bound (module doc)
+        # the Cauchy-Schwarz bound (module doc), while the betas (and the rest) are the read's (the row is one
+        # of the read's: hashed, a tensor by identity)
+        if beta1 * beta1 < beta2 and row in bound.read:
             k = bound.since + 1
             ratio = (1.0 - beta1) / math.sqrt((1.0 - beta1 * beta1 / beta2) * (1.0 - beta2))
             direction = min(direction, (beta1**k * bound.read_state / eps + ratio) / (1.0 - beta1))
