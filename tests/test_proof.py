@@ -275,6 +275,28 @@ def test_groups_that_differ_in_the_rest_are_bound_by_the_worst_of_them():
     assert both.weights == max(b.weights for b in each) and both.state == max(b.state for b in each)
 
 
+def test_betas_changed_since_the_read_lose_the_refinement_even_when_swapped_between_groups():
+    """The Cauchy-Schwarz refinement holds for a group whose betas are those of the read: two groups that
+    swapped theirs have the read's set of rows but not their own."""
+    model = nn.Linear(3, 2)
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(
+        [{"params": [params[0]], "betas": (0.8, 0.99)}, {"params": [params[1]], "betas": (0.5, 0.9)}],
+        lr=0.01,
+        eps=1e-6,
+    )
+    bound = proof.anchor(opt, params, 0, [2.0, 1.0], [0.5])
+    refined = proof.advance(bound, opt, params, 1, 1.0)
+    first, second = opt.param_groups
+    first["betas"], second["betas"] = second["betas"], first["betas"]
+    swapped = proof.advance(bound, opt, params, 1, 1.0)
+    fresh = proof.advance(proof.anchor(opt, params, 0, [2.0, 1.0], [0.5]), opt, params, 1, 1.0)
+    # without the refinement: W (1 + lr wd) + lr max over the groups of S' / ((1 - beta1) eps)
+    by_eps = max((b1 * 0.5 + (1 - b1) * 1.01) / ((1 - b1) * 1e-6) for b1 in (0.8, 0.5))
+    assert swapped.weights == pytest.approx(2.0 * (1 + 0.01 * 0.01) + 0.01 * by_eps)
+    assert refined.weights < swapped.weights and fresh.weights < swapped.weights
+
+
 def test_random_grouped_configs_never_prove_a_non_finite_update():
     rng = random.Random(1)
     proven = overflowed = 0

@@ -47,7 +47,8 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import chain
 from typing import Any, NamedTuple
 
 import torch
@@ -84,7 +85,7 @@ class Bound(NamedTuple):
     update: int  # the optimizer's update count the bounds hold after
     since: int  # updates proven since the read
     read_state: float  # the state's bound at the read
-    read: Collection[tuple[Any, ...]]  # the param groups' ``columns`` at the read
+    rows: tuple[tuple[Any, ...], ...]  # each param group's ``columns`` at the read
     params: Sequence[torch.Tensor]  # the parameter list the read covered (compared by identity)
     optimizer_state: object  # the optimizer's state mapping at the read (load_state_dict replaces it)
     # a group's hyperparameters besides the learning rate (those the groups had at the read; an itemgetter)
@@ -124,11 +125,7 @@ def anchor(
         return None
     columns = operator.itemgetter(*keys)
     rows = tuple(map(columns, groups))
-    try:
-        read: Collection[tuple[Any, ...]] = frozenset(rows)
-    except TypeError:  # an unhashable value (betas given as a list)
-        read = rows
-    return Bound(kind, weights, state, update, 0, state, read, params, optimizer.state, columns)
+    return Bound(kind, weights, state, update, 0, state, rows, params, optimizer.state, columns)
 
 
 def advance(
@@ -165,18 +162,25 @@ def advance(
         if None in numbers:
             return None
         lr = max(map(abs, numbers))  # type: ignore[arg-type]
-    alike: Iterable[tuple[tuple[Any, ...], Mapping[str, Any]]]
+    if len(rows) != len(bound.rows):
+        return None
+    alike: Iterable[Mapping[str, Any]]
     if len(rows) == 1:
-        alike = ((rows[0], groups[0]),)
+        alike = groups
     else:  # one group per distinct row (hashed, not compared: ``==`` on a GPU tensor beta would synchronize)
         try:
-            alike = dict(zip(rows, groups, strict=True)).items()
+            alike = dict(zip(rows, groups, strict=True)).values()
         except TypeError:  # an unhashable value (betas given as a list): compared one by one
-            alike = [(r, g) for i, (r, g) in enumerate(zip(rows, groups, strict=True)) if r not in rows[:i]]
+            alike = [g for i, (r, g) in enumerate(zip(rows, groups, strict=True)) if r not in rows[:i]]
+    # every group's betas (and the rest) are the very values of the read (compared by identity: a value
+    # assigned again only costs the refinement that needs them; ``==`` on a GPU tensor would synchronize)
+    steady = bound.kind != "sgd" and all(
+        map(operator.is_, chain.from_iterable(rows), chain.from_iterable(bound.rows))
+    )
     grad = grad_norm * _MARGIN
     weights = state = 0.0
-    for row, group in alike:
-        step = _group(bound, group, row, lr, grad)
+    for group in alike:
+        step = _group(bound, group, lr, grad, steady)
         if step is None:
             return None
         weights, state = max(weights, step[0]), max(state, step[1])
@@ -190,7 +194,7 @@ def advance(
         update,
         b.since + 1,
         b.read_state,
-        b.read,
+        b.rows,
         b.params,
         b.optimizer_state,
         b.columns,
@@ -198,10 +202,11 @@ def advance(
 
 
 def _group(
-    bound: Bound, group: Mapping[str, Any], row: tuple[Any, ...], lr: float, grad: float
+    bound: Bound, group: Mapping[str, Any], lr: float, grad: float, steady: bool
 ) -> tuple[float, float] | None:
     """``(weights, state)`` bounds after the update of the groups with ``group``'s hyperparameters besides the
-    learning rate (``row``) and one of at most ``lr``, or None when a premise fails."""
+    learning rate and one of at most ``lr``, or None when a premise fails; ``steady``: the betas are the
+    read's."""
     wd = _number(group.get("weight_decay", 0.0))
     if wd is None:
         return None
@@ -228,9 +233,7 @@ def _group(
         g = grad if decoupled else grad + wd * bound.weights
         state = beta1 * bound.state + (1.0 - beta1) * g
         direction = state / ((1.0 - beta1) * eps)
-        # the Cauchy-Schwarz bound (module doc), while the betas (and the rest) are the read's (the row is one
-        # of the read's: hashed, a tensor by identity)
-        if beta1 * beta1 < beta2 and row in bound.read:
+        if steady and beta1 * beta1 < beta2:  # the Cauchy-Schwarz bound (module doc)
             k = bound.since + 1
             ratio = (1.0 - beta1) / math.sqrt((1.0 - beta1 * beta1 / beta2) * (1.0 - beta2))
             direction = min(direction, (beta1**k * bound.read_state / eps + ratio) / (1.0 - beta1))
