@@ -154,6 +154,8 @@ def advance(
         rows = list(map(bound.columns, groups))
     except KeyError:  # a hyperparameter was removed from a group since the read
         return None
+    if len(rows) != len(bound.rows):
+        return None
     lr: float
     if set(map(type, lrs)) <= _PLAIN and all(map(math.isfinite, lrs)):
         lr = max(map(abs, lrs))
@@ -162,8 +164,6 @@ def advance(
         if None in numbers:
             return None
         lr = max(map(abs, numbers))  # type: ignore[arg-type]
-    if len(rows) != len(bound.rows):
-        return None
     alike: Iterable[Mapping[str, Any]]
     if len(rows) == 1:
         alike = groups
